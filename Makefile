@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lowbit-installed
+# local GLUE copy beside the checkout, if present (else data.local_dir / the hub)
+SHARED_GLUE := $(abspath ../shared/data/glue)
+export LOWBIT_DATA_DIR ?= $(if $(wildcard $(SHARED_GLUE)),$(SHARED_GLUE),)
+export HF_HUB_OFFLINE ?= $(if $(LOWBIT_DATA_DIR),1,0)
+export WANDB_SILENT := true
+
+.PHONY: install demo test test-fast bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the local CPU wheel first, so nothing pulls CUDA wheels
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py +experiment=demo_sst2
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m lowbit.bench qat_step
+
+clean:
+	rm -rf logs .cache outputs multirun

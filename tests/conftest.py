@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from transformers import AlbertConfig, AutoModelForSequenceClassification, BertConfig, RobertaConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+if not os.environ.get("LOWBIT_DATA_DIR") and SHARED_GLUE.is_dir():
+    os.environ["LOWBIT_DATA_DIR"] = str(SHARED_GLUE)
+
+
+def tiny_config(model_type: str = "bert", num_labels: int = 2):
+    common = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    if model_type == "bert":
+        return BertConfig(**common)
+    if model_type == "roberta":
+        return RobertaConfig(**common, pad_token_id=1)
+    if model_type == "albert":
+        return AlbertConfig(**common, embedding_size=16)
+    raise ValueError(model_type)
+
+
+@pytest.fixture
+def tiny_model():
+    def make(model_type: str = "bert", num_labels: int = 2, seed: int = 0):
+        torch.manual_seed(seed)
+        return AutoModelForSequenceClassification.from_config(tiny_config(model_type, num_labels)).eval()
+
+    return make
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(1)
+    ids = torch.randint(3, 120, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """Compose conf/train.yaml as `python train.py OVERRIDES` would, outputs under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_dir = str(tmp_path / "out")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+        del cfg.hydra
+    return cfg
+
+
+#: overrides that make any experiment a seconds-long CPU job
+TINY_RUN = ["model=tiny", "logger=none", "callbacks=none", "trainer.fast_dev_run=true",
+            "data.max_train_samples=32", "data.max_eval_samples=32", "data.batch_size=8",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    return lambda overrides: compose_train(overrides, tmp_path)

@@ -9,6 +9,7 @@ comes from ``tokenizer``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -35,7 +35,10 @@ def build(cfg_node: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        raise LowbitConfigError(str(e).strip().splitlines()[0]) from None
+        target = getattr(cfg_node, "_target_", None) or "config"
+        detail = e.__cause__ if e.__cause__ is not None else e
+        lines = str(detail).strip().splitlines()
+        raise LowbitConfigError(f"{target}: {type(detail).__name__}: {lines[0] if lines else ''}") from None
 
 
 def build_methods(cfg: DictConfig) -> dict[str, Method]:

@@ -58,6 +58,10 @@ class QuantRecipe:
     def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:
         raise NotImplementedError
 
+    def activation_sites(self) -> tuple[str, ...]:
+        spec = self.activation
+        return () if spec is None or spec.bits is None else tuple(spec.sites)
+
     def build_activation(self, site: str) -> ActivationQuantizer | None:
         return self.activation.build(site) if self.activation is not None else None
 

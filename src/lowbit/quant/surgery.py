@@ -67,18 +67,17 @@ def quantize_(model: nn.Module, recipe: QuantRecipe, bits: PerModuleBits) -> Qua
 
 
 def _quantize_attention(model: nn.Module, recipe: QuantRecipe, report: QuantizationReport) -> None:
+    """Q/K/V/probability quantizers into each self-attention's hooks (one fresh quantizer per site)."""
     sites = {"query": "query_quantizer", "key": "key_quantizer", "value": "value_quantizer",
              "attention_probs": "probs_quantizer"}
-    built = {site: recipe.build_activation(site) for site in sites}
-    if all(q is None for q in built.values()):
+    active = [site for site in sites if site in recipe.activation_sites()]
+    if not active:
         return
     for name, module in find_self_attention(model):
         hooks = attention_hooks(module)
-        for site, attr in sites.items():
-            quantizer = recipe.build_activation(site)
-            if quantizer is not None:
-                setattr(hooks, attr, quantizer)
-                report.attention_sites.append(f"{name}.{site}")
+        for site in active:
+            setattr(hooks, sites[site], recipe.build_activation(site))
+            report.attention_sites.append(f"{name}.{site}")
     enable_lowbit_attention(model)
 
 

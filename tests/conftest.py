@@ -5,10 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+from lowbit.compose import compose_train as _compose
 from transformers import AlbertConfig, AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,17 +51,7 @@ def batch():
 
 def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
     """Compose conf/train.yaml as `python train.py OVERRIDES` would, outputs under tmp_path."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-        del cfg.hydra
-    return cfg
+    return _compose(overrides, tmp_path / "out", root_dir=ROOT, log_dir=tmp_path / "logs", cache_dir=tmp_path / "cache")
 
 
 #: overrides that make any experiment a seconds-long CPU job

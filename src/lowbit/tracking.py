@@ -32,12 +32,18 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` -> $WANDB_MODE if set, else online with an API key, else offline."""
+    check(mode in WANDB_MODES, f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
+    if mode == "auto":
+        return os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_configured() else "offline")
+    return mode
+
+
 def wandb_logger(project: str = "lowbit", name: str | None = None, save_dir: str = ".", mode: str = "auto",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
                  job_type: str | None = None) -> WandbLogger:
-    check(mode in WANDB_MODES, f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_configured() else "offline")
+    mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     return WandbLogger(project=project, name=name, save_dir=save_dir, mode=mode, entity=entity, group=group,

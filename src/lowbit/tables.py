@@ -1,0 +1,154 @@
+"""Paper tables as one command: ``python -m lowbit.tables NAME [overrides...]``.
+
+A table is ``conf/table/NAME.yaml``: rows, each a list of training overrides plus the
+paper's numbers for that row (with their source, ``src`` or ``recalled``). Rows run in
+order; an override may name an earlier row's output directory as ``{row:ROW_NAME}``
+(e.g. a teacher checkpoint). A row whose ``summary.json`` exists is not rerun, so an
+interrupted table resumes. The result is written as CSV and markdown next to the rows and
+logged to W&B as a ``wandb.Table`` (offline without an API key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowbit.compose import compose_train, conf_dir
+from lowbit.errors import LowbitConfigError, check
+
+SOURCES = ("src", "recalled")
+
+
+@dataclass
+class TableRow:
+    name: str
+    overrides: list[str]
+    paper: dict[str, float | None] = field(default_factory=dict)
+    paper_label: str = ""  # the paper's row this corresponds to
+
+
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    metrics: list[str]  # our metrics, columns in order (e.g. val/acc)
+    rows: list[TableRow]
+    base_overrides: list[str] = field(default_factory=list)
+    paper_source: str = "recalled"
+    notes: str = ""
+
+    @classmethod
+    def load(cls, name: str) -> "TableSpec":
+        path = conf_dir() / "table" / f"{name}.yaml"
+        known = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml"))
+        check(path.is_file(), f"unknown table {name!r}; known: {known}")
+        raw = yaml.safe_load(path.read_text())
+        rows = [TableRow(**r) for r in raw.pop("rows")]
+        spec = cls(rows=rows, **raw)
+        check(spec.paper_source in SOURCES, f"{path}: paper_source must be one of {SOURCES}")
+        names = [r.name for r in rows]
+        check(len(set(names)) == len(names), f"{path}: duplicate row names")
+        return spec
+
+
+_ROW_REF = re.compile(r"\{row:([A-Za-z0-9_\-]+)\}")
+
+
+def _resolve_refs(override: str, done: dict[str, Path]) -> str:
+    def sub(m: re.Match) -> str:
+        check(m.group(1) in done, f"table override {override!r} refers to row {m.group(1)!r} that has not run before it")
+        return str(done[m.group(1)])
+
+    return _ROW_REF.sub(sub, override)
+
+
+def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
+    from lowbit.pipeline import run
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Path] = {}
+    results = []
+    for row in spec.rows:
+        row_dir = out_dir / row.name
+        summary_file = row_dir / "summary.json"
+        if not summary_file.exists():
+            overrides = [_resolve_refs(o, done) for o in [*spec.base_overrides, *row.overrides, *extra_overrides]]
+            overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}",
+                          f"logger.wandb.name={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
+            print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")
+            run(compose_train(overrides, row_dir))
+        done[row.name] = row_dir
+        metrics = json.loads(summary_file.read_text())
+        results.append(_table_row(spec, row, metrics))
+    write_table(spec, results, out_dir)
+    log_wandb_table(spec, results, out_dir, wandb_mode)
+    return results
+
+
+def _table_row(spec: TableSpec, row: TableRow, metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"row": row.name, "paper_row": row.paper_label or row.name}
+    for m in spec.metrics:
+        value = metrics.get(m)
+        out[f"ours {m}"] = None if value is None else round(100 * value, 2)
+    out["size MB"] = round(metrics["model/size_mb"], 3)
+    out["compression"] = round(metrics["model/compression"], 2)
+    for key, value in row.paper.items():
+        out[f"paper {key}"] = value
+    out["paper source"] = spec.paper_source
+    return out
+
+
+def write_table(spec: TableSpec, results: list[dict], out_dir: Path) -> None:
+    columns = list(dict.fromkeys(k for r in results for k in r))
+    with (out_dir / f"{spec.name}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(results)
+    fmt = lambda v: "–" if v is None else str(v)
+    lines = [f"### {spec.title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results]
+    if spec.paper_source == "recalled":
+        lines += ["", "Paper numbers are recalled (see shared/docs/paper-tables.md), not verified."]
+    if spec.notes:
+        lines += ["", spec.notes.strip()]
+    (out_dir / f"{spec.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def log_wandb_table(spec: TableSpec, results: list[dict], out_dir: Path, mode: str) -> None:
+    import wandb
+
+    from lowbit.tracking import resolve_wandb_mode
+
+    columns = list(dict.fromkeys(k for r in results for k in r))
+    run = wandb.init(project="lowbit", name=spec.name, group=spec.name, job_type="table", dir=str(out_dir),
+                     mode=resolve_wandb_mode(mode), config={"table": spec.name, "title": spec.title})
+    run.log({spec.name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in results])})
+    run.summary["paper_source"] = spec.paper_source
+    print(f"W&B table {spec.name!r} logged ({run.settings.mode}) under {out_dir}/wandb")
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("table", help="name of conf/table/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row (e.g. data.max_train_samples=4000)")
+    p.add_argument("--out", default=None, help="output dir (default logs/tables/<name>); reruns resume there")
+    p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"])
+    a = p.parse_args(argv)
+    try:
+        spec = TableSpec.load(a.table)
+        return run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.wandb_mode)
+    except LowbitConfigError as e:
+        raise SystemExit(f"lowbit: error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,9 @@ class Method:
     #: weight of the task (hard-label) loss; TernaryBERT distillation sets 0
     task_loss_weight: float = 1.0
 
+    def check_ready(self, has_finetuned_weights: bool) -> None:
+        """Raise LowbitConfigError before training if the run lacks something this method needs."""
+
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
 
@@ -66,6 +69,9 @@ class QuantizationMethod(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         self.report = quantize_(model, self.recipe, self.bits)
         return model
+
+    def callbacks(self) -> list:
+        return self.recipe.callbacks()
 
     def summary(self) -> dict[str, Any]:
         if self.report is None:

@@ -43,10 +43,14 @@ class ModelSpec:
     tokenizer: str | None = None  # defaults to the model's own
     config: dict[str, Any] = field(default_factory=dict)  # overrides (random: the whole architecture)
     model_type: str = "bert"  # for source=random
+    #: fine-tuned weights to start from: a Lightning .ckpt of a lowbit run or a HF model directory
+    init_checkpoint: str | None = None
 
     def __post_init__(self):
         check(self.source in SOURCES, f"model.source must be one of {SOURCES}, got {self.source!r}")
         self.config = dict(self.config)
+        if self.init_checkpoint is not None:
+            check(Path(self.init_checkpoint).exists(), f"model.init_checkpoint={self.init_checkpoint!r} not found")
 
     def location(self) -> str:
         if self.source == "package":
@@ -87,7 +91,36 @@ class ModelSpec:
         check(model.config.model_type in TARGET_PATTERNS,
               f"model.name={self.name!r}: model type {model.config.model_type!r} is not supported "
               f"(supported: {sorted(TARGET_PATTERNS)})")
+        if self.init_checkpoint is not None:
+            load_finetuned_weights(model, self.init_checkpoint)
         return model
+
+
+def load_finetuned_weights(model, path: str | Path) -> None:
+    """Load float weights saved by a lowbit run (Lightning .ckpt, keys ``model.*``) or a HF directory.
+
+    Only the HF model's own parameters are taken (quantizer state of a compressed run is
+    ignored), and every one of them must be present with the same shape.
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        files = sorted(path.glob("*.safetensors"))
+        check(files, f"model.init_checkpoint={str(path)!r}: no *.safetensors in the directory")
+        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        check("state_dict" in ckpt, f"model.init_checkpoint={str(path)!r} is not a Lightning checkpoint")
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    check(not missing, f"model.init_checkpoint={str(path)!r} lacks {len(missing)} weight(s), e.g. {missing[:2]}")
+    bad = [k for k in own if state[k].shape != own[k].shape]
+    check(not bad, f"model.init_checkpoint={str(path)!r}: shape mismatch for {bad[:2]} (different model or task?)")
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
 def _is_package(name: str) -> bool:

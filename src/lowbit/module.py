@@ -24,13 +24,15 @@ from lowbit.quant.size import size_report
 
 class CompressionModule(pl.LightningModule):
     def __init__(self, model: nn.Module, task: GlueTask, methods: Sequence[Method] = (), lr: float = 2e-5,
-                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, adam_eps: float = 1e-8):
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, adam_eps: float = 1e-8,
+                 metric_prefix: str = ""):
         super().__init__()
         check(lr > 0, f"optim.lr must be positive, got {lr!r}")
         check(0 <= warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
         check(weight_decay >= 0, f"optim.weight_decay must be >= 0, got {weight_decay!r}")
         self.model, self.task, self.methods = model, task, list(methods)
         self.lr, self.weight_decay, self.warmup_ratio, self.adam_eps = lr, weight_decay, warmup_ratio, adam_eps
+        self.metric_prefix = metric_prefix  # "finetune/" for the float stage before compression
         self.task_loss_weight = 1.0
         for m in self.methods:
             self.task_loss_weight *= m.task_loss_weight
@@ -52,10 +54,10 @@ class CompressionModule(pl.LightningModule):
             losses.update(term(out, batch))
         loss = sum(losses.values())
         n = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"{self.metric_prefix}train/loss", loss, prog_bar=True, batch_size=n)
         if len(losses) > 1:
             for name, value in losses.items():
-                self.log(f"train/loss_{name}", value, batch_size=n)
+                self.log(f"{self.metric_prefix}train/loss_{name}", value, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -67,9 +69,10 @@ class CompressionModule(pl.LightningModule):
         for idx, outputs in sorted(self._eval_outputs.items()):
             preds = torch.cat([p for p, _ in outputs])
             labels = torch.cat([y for _, y in outputs])
-            prefix = self.task.eval_prefix(idx)
+            prefix = self.metric_prefix + self.task.eval_prefix(idx)
             for name, value in compute_metrics(self.task.metrics, preds, labels).items():
-                self.log(f"{prefix}/{name}", value, prog_bar=(idx == 0 and name == self.task.main_metric))
+                self.log(f"{prefix}/{name}", value, prog_bar=(idx == 0 and name == self.task.main_metric),
+                         add_dataloader_idx=False)
                 self.final_metrics[f"{prefix}/{name}"] = value
         self._eval_outputs.clear()
         self.final_metrics_step = self.global_step

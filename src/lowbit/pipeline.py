@@ -6,8 +6,10 @@ before the first training step, so bad input fails in seconds with one line.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -61,6 +63,7 @@ class Job:
     trainer: pl.Trainer
     methods: dict[str, Method]
     loggers: list = field(default_factory=list)
+    finetune_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def setup(cfg: DictConfig) -> Job:
@@ -73,6 +76,14 @@ def setup(cfg: DictConfig) -> Job:
     datamodule.check_sources()
     methods = build_methods(cfg)
     model = model_spec.build(datamodule.task.num_labels)
+    finetune_metrics: dict[str, float] = {}
+    finetune = cfg.get("finetune") or {}
+    check(isinstance(finetune.get("epochs", 0), int) and finetune.get("epochs", 0) >= 0,
+          f"finetune.epochs must be a non-negative integer, got {finetune.get('epochs')!r}")
+    for method in methods.values():
+        method.check_ready(has_finetuned_weights=bool(model_spec.init_checkpoint or finetune.get("epochs", 0)))
+    if finetune.get("epochs", 0):
+        finetune_metrics = finetune_float(model, datamodule, cfg, finetune.epochs, finetune.lr)
     for group in METHOD_ORDER:
         model = methods[group].prepare(model) or model
     # from_pretrained returns eval mode and Lightning keeps module modes: without this, dropout is off
@@ -82,7 +93,42 @@ def setup(cfg: DictConfig) -> Job:
     callbacks += [cb for m in methods.values() for cb in m.callbacks()]
     loggers = [build(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return Job(cfg, datamodule, module, trainer, methods, loggers)
+    return Job(cfg, datamodule, module, trainer, methods, loggers, finetune_metrics)
+
+
+def finetune_float(model, datamodule: GLUEDataModule, cfg: DictConfig, epochs: int, lr: float) -> dict[str, float]:
+    """Stage 0: fine-tune the float model in place; returns its best dev metrics (``finetune/val/...``).
+
+    The stage writes ``<output_dir>/finetune/``; when its ``done.json`` exists (an interrupted
+    run being resumed) the stage is not repeated and its best weights are reloaded.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lowbit.models import load_finetuned_weights
+
+    stage_dir = Path(cfg.paths.output_dir) / "finetune"
+    done = stage_dir / "done.json"
+    best = stage_dir / "checkpoints" / "best.ckpt"
+    if not done.exists():
+        module = CompressionModule(model, datamodule.task, [], **{**cfg.optim, "lr": lr}, metric_prefix="finetune/")
+        monitor = f"finetune/{cfg.optimized_metric}"
+        ckpt = ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename="best", monitor=monitor,
+                               mode=cfg.optimized_mode, save_weights_only=True, auto_insert_metric_name=False)
+        trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_epochs": epochs,
+                                                    "default_root_dir": str(stage_dir)})
+        log.info("stage 0: fine-tuning the float model for %d epoch(s) at lr %g", epochs, lr)
+        trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt], logger=False, enable_progress_bar=False)
+        trainer.fit(module, datamodule=datamodule)
+        if best.exists():  # the best epoch, not the last (fast_dev_run saves none)
+            load_finetuned_weights(model, best)
+        # metrics of exactly the weights the compression stage starts from
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(module.final_metrics))
+    elif best.exists():
+        load_finetuned_weights(model, best)
+    model.train()
+    return json.loads(done.read_text())
 
 
 def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float] | None:
@@ -102,7 +148,7 @@ def run(cfg: DictConfig) -> float | list[float] | None:
     job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=cfg.get("ckpt_path"))
     if job.module.final_metrics_step != job.trainer.global_step:  # training ended between validations
         job.trainer.validate(job.module, datamodule=job.datamodule, verbose=False)
-    metrics = {**job.module.final_metrics, **job.module.model_size()}
+    metrics = {**job.finetune_metrics, **job.module.final_metrics, **job.module.model_size()}
     metrics["train/global_step"] = job.trainer.global_step
     for group, method in job.methods.items():
         metrics.update({f"{group}/{k}": v for k, v in method.summary().items()})

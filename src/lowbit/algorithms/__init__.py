@@ -43,3 +43,12 @@ card("bit_assignment", "uniform", "one bit-width for all Linear weights", "Q-BER
      ("quantizer=uniform", "bit_assignment.bits=3"))
 card("bit_assignment", "per_module", "bits per module type", "Q-BERT Table 3",
      ("quantizer=uniform", "bit_assignment.attention=4", "bit_assignment.ffn=2"))
+card("distillation", "ternarybert", "logits soft-CE + hidden-state MSE + attention-score MSE from a frozen teacher",
+     "TernaryBERT", ("finetune.epochs=1", "quantizer=ternary_twn", "bit_assignment.bits=2"))
+card("distillation", "kd_logits", "KL on logits at T=2 (x0.9) + hard labels (x0.1)", "EdgeBERT / Hinton KD",
+     ("finetune.epochs=1", "quantizer=ternary_twn", "bit_assignment.bits=2"))
+card("quantizer", "ternary_lat", "loss-aware ternary weights (Adam second moment as curvature)", "TernaryBERT",
+     ("bit_assignment.bits=2", "bit_assignment.word_embedding_bits=2", "trainer.fast_dev_run=2"))
+for _wea in ("w2e2", "w2e8", "w8e8"):
+    card("bit_assignment", _wea, f"TernaryBERT {_wea[1]}-{_wea[3]}-8 weight/embedding bits", "TernaryBERT",
+         ("quantizer=ternary_twn",))

@@ -7,9 +7,15 @@ clipping range and zero outside it (the STE used by TernaryBERT, Q-BERT and I-BE
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from lowbit.errors import check
+
+# torch >= 2.10 deprecates quantized tensor *types*; lowbit only uses quantize/dequantize as a fast rounding
+# kernel (with an elementwise fallback below when it disappears)
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -105,3 +105,40 @@ def make_granularity(name: str, n_groups: int = 1, axis: Axis = "output") -> Gra
 
     raise LowbitConfigError(
         f"quantizer.granularity must be one of per_tensor, per_row, group; got {name!r}")
+
+
+@dataclass(frozen=True)
+class BlockGroup(Group):
+    """A ``row_blocks × col_blocks`` tiling of the weight; each rectangular block has its own range.
+
+    Q-BERT's head-aligned groups: W_q/W_k/W_v split their output rows (``col_blocks=1``), while
+    W_o's head slices are its *input* columns (``col_blocks=num_heads``), with consecutive output
+    rows as sub-groups inside each head (``row_blocks``). Block ``(r, c)`` is group ``r·col_blocks + c``.
+    A subclass of ``Group`` so quantizers validate it like any group granularity.
+    """
+
+    n_groups: int = 1  # derived: row_blocks * col_blocks (set in __post_init__)
+    axis: Axis = "output"
+    row_blocks: int = 1
+    col_blocks: int = 1
+
+    def __post_init__(self):
+        for option, value in (("row_blocks", self.row_blocks), ("col_blocks", self.col_blocks)):
+            check(isinstance(value, int) and value >= 1, f"quantizer.{option} must be a positive integer, got {value!r}")
+        object.__setattr__(self, "n_groups", self.row_blocks * self.col_blocks)
+
+    def validate(self, shape: torch.Size, name: str = "weight") -> None:
+        check(len(shape) == 2 and shape[0] % self.row_blocks == 0 and shape[1] % self.col_blocks == 0,
+              f"quantizer.n_groups: {self.row_blocks} row block(s) x {self.col_blocks} column block(s) do not tile "
+              f"{name} with shape {tuple(shape)}")
+
+    def to_groups(self, weight: torch.Tensor) -> torch.Tensor:
+        out_f, in_f = weight.shape
+        r, c = self.row_blocks, self.col_blocks
+        # [r, out/r, c, in/c] -> [r, c, out/r, in/c]: one row of the view per block
+        return weight.reshape(r, out_f // r, c, in_f // c).permute(0, 2, 1, 3).reshape(r * c, -1)
+
+    def from_groups(self, grouped: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        out_f, in_f = shape
+        r, c = self.row_blocks, self.col_blocks
+        return grouped.reshape(r, c, out_f // r, in_f // c).permute(0, 2, 1, 3).reshape(shape)

@@ -80,6 +80,6 @@ class QuantEmbedding(_CachedWeightMixin, nn.Embedding):
         if self.weight_quantizer.row_separable and self.training:
             rows = F.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type,
                                self.scale_grad_by_freq, self.sparse)
-            return self.weight_quantizer(rows.reshape(-1, self.embedding_dim)).reshape(rows.shape)
+            return self.weight_quantizer.forward_rows(rows.reshape(-1, self.embedding_dim), ids).reshape(rows.shape)
         return F.embedding(ids, self.quantized_weight(), self.padding_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)

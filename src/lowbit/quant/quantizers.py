@@ -45,6 +45,10 @@ class WeightQuantizer(nn.Module):
     def quantize(self, grouped: torch.Tensor) -> torch.Tensor:  # [G, N] -> [G, N]
         raise NotImplementedError
 
+    def forward_rows(self, rows: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+        """Quantize rows ``row_ids`` of the weight (row-separable quantizers only); ``rows`` is [n, dim]."""
+        return self(rows)
+
     def num_levels(self) -> int:
         return 2**self.bits
 

@@ -58,6 +58,10 @@ class QuantRecipe:
     def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:
         raise NotImplementedError
 
+    def callbacks(self) -> list:
+        """Lightning callbacks the quantizers need (e.g. LAT reads Adam's second moment)."""
+        return []
+
     def activation_sites(self) -> tuple[str, ...]:
         spec = self.activation
         return () if spec is None or spec.bits is None else tuple(spec.sites)

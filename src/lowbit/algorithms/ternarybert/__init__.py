@@ -1,5 +1,8 @@
-"""TernaryBERT (Zhang et al., EMNLP 2020): ternary weights, 8-bit activations, distillation."""
+"""TernaryBERT (Zhang et al., EMNLP 2020): ternary weights (TWN / LAT), 8-bit activations, distillation."""
 
+from lowbit.algorithms.ternarybert.lat import (AdamCurvatureCallback, TernaryLATQuantizer, lat_exact_threshold_alpha,
+                                               lat_threshold_alpha)
 from lowbit.algorithms.ternarybert.twn import TernaryRecipe, TernaryTWNQuantizer, ternarize, twn_threshold_alpha
 
-__all__ = ["TernaryRecipe", "TernaryTWNQuantizer", "ternarize", "twn_threshold_alpha"]
+__all__ = ["AdamCurvatureCallback", "TernaryLATQuantizer", "TernaryRecipe", "TernaryTWNQuantizer",
+           "lat_exact_threshold_alpha", "lat_threshold_alpha", "ternarize", "twn_threshold_alpha"]

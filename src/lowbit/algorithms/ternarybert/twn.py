@@ -69,6 +69,10 @@ class TernaryRecipe(QuantRecipe):
     clip: float | None = 2.5
     threshold_factor: float = 0.7
     word_embedding_granularity: str = "per_row"
+    #: "twn" (TernaryBERT-TWN) or "lat" (loss-aware, curvature from Adam's second moment)
+    ternarizer: str = "twn"
+    lat_iterations: int = 5
+    lat_solver: str = "alternating"
     activation: ActivationSpec | dict | None = field(default_factory=ActivationSpec)
 
     def __post_init__(self):
@@ -76,13 +80,26 @@ class TernaryRecipe(QuantRecipe):
         check(self.word_embedding_granularity in ("per_tensor", "per_row"),
               f"quantizer.word_embedding_granularity must be per_tensor or per_row, "
               f"got {self.word_embedding_granularity!r}")
-        TernaryTWNQuantizer(clip=self.clip, threshold_factor=self.threshold_factor)  # validates
+        check(self.ternarizer in ("twn", "lat"), f"quantizer.ternarizer must be twn or lat, got {self.ternarizer!r}")
+        self.ternary_quantizer(PerTensor())  # validates clip / threshold / iterations
 
     def granularity_for(self, target: Target) -> Granularity:
         return make_granularity(self.word_embedding_granularity if target.role == "word_embedding" else "per_tensor")
 
     def ternary_quantizer(self, granularity: Granularity) -> WeightQuantizer:
+        if self.ternarizer == "lat":
+            from lowbit.algorithms.ternarybert.lat import TernaryLATQuantizer
+
+            return TernaryLATQuantizer(granularity, self.clip, self.threshold_factor, self.lat_iterations,
+                                       self.lat_solver)
         return TernaryTWNQuantizer(granularity, clip=self.clip, threshold_factor=self.threshold_factor)
+
+    def callbacks(self) -> list:
+        if self.ternarizer != "lat":
+            return []
+        from lowbit.algorithms.ternarybert.lat import AdamCurvatureCallback
+
+        return [AdamCurvatureCallback()]
 
     def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:
         granularity = self.granularity_for(target)

@@ -25,9 +25,10 @@ def test_fp32_size_is_32_bits_per_parameter(tiny_model):
 def test_ternary_2_2_8_hand_count(tiny_model):
     model = tiny_model()
     quantize_(model, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    word = V * H * 2 + V * FP  # 2 bits per entry + one alpha per row
+    trits = lambda n: (n + 4) // 5 * 8  # 5 ternary digits per byte
+    word = trits(V * H) + V * FP  # packed trits + one alpha per row
     emb_float = (P * H + T * H + 2 * H) * FP
-    linear = lambda fan_in, fan_out: fan_in * fan_out * 2 + FP + fan_out * FP  # ternary W + alpha + fp bias
+    linear = lambda fan_in, fan_out: trits(fan_in * fan_out) + FP + fan_out * FP  # ternary W + alpha + fp bias
     layer = 4 * linear(H, H) + linear(H, F) + linear(F, H) + 2 * 2 * H * FP
     pooler = linear(H, H)
     classifier = (H * LABELS + LABELS) * FP

@@ -75,7 +75,7 @@ class ModelSpec:
             raise LowbitConfigError(f"{option}={loc!r}: cannot load tokenizer ({_first_line(e)})") from None
 
     def build(self, num_labels: int):
-        """The sequence-classification model with a fresh float classifier head."""
+        """The sequence-classification model with a fresh float classifier head, in eval mode."""
         kwargs = dict(num_labels=num_labels, problem_type="regression" if num_labels == 1 else None)
         if self.source == "random":
             config = AutoConfig.for_model(self.model_type, **self.config, **kwargs)
@@ -93,7 +93,7 @@ class ModelSpec:
               f"(supported: {sorted(TARGET_PATTERNS)})")
         if self.init_checkpoint is not None:
             load_finetuned_weights(model, self.init_checkpoint)
-        return model
+        return model.eval()  # same mode for every source (from_pretrained returns eval); trainers switch
 
 
 def load_finetuned_weights(model, path: str | Path) -> None:

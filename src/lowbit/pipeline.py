@@ -110,6 +110,7 @@ def finetune_float(model, datamodule: GLUEDataModule, cfg: DictConfig, epochs: i
     done = stage_dir / "done.json"
     best = stage_dir / "checkpoints" / "best.ckpt"
     if not done.exists():
+        model.train()  # from_pretrained returns eval mode; Lightning keeps module modes (dropout would be off)
         module = CompressionModule(model, datamodule.task, [], **{**cfg.optim, "lr": lr}, metric_prefix="finetune/")
         monitor = f"finetune/{cfg.optimized_metric}"
         ckpt = ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename="best", monitor=monitor,

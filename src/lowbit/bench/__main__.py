@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"qat_step": "lowbit.bench.qat_step"}
+BENCHMARKS = {"qat_step": "lowbit.bench.qat_step", "distill_step": "lowbit.bench.distill_step",
+              "export_size": "lowbit.bench.export_size", "hessian": "lowbit.bench.hessian"}
 
 
 def main(argv: list[str] | None = None) -> None:

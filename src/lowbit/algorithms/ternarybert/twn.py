@@ -29,6 +29,11 @@ def ternarize(grouped: torch.Tensor, delta: torch.Tensor, alpha: torch.Tensor) -
     return Fq.ste(grouped, alpha * torch.sign(w) * (w.abs() > delta))
 
 
+def ternary_storage_bits(numel: int, n_ranges: int) -> int:
+    """Ternary weights as lowbit stores them: 5 trits per byte (1.6 bits each) + one fp32 α per range."""
+    return (numel + 4) // 5 * 8 + n_ranges * 32
+
+
 @WEIGHT_QUANTIZERS.register("ternary_twn")
 class TernaryTWNQuantizer(WeightQuantizer):
     """Ternary weight networks as in TernaryBERT: w_q = α·sign(W)·[|W| > Δ].
@@ -54,6 +59,9 @@ class TernaryTWNQuantizer(WeightQuantizer):
 
     def num_levels(self) -> int:
         return 3
+
+    def storage_bits(self, weight: torch.Tensor) -> int:
+        return ternary_storage_bits(weight.numel(), self.granularity.groups(weight))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}, threshold_factor={self.threshold_factor}"

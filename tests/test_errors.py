@@ -80,3 +80,12 @@ def test_unknown_group_option_is_hydras_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "Could not find 'quantizer/quaternary'" in result.stderr
+
+
+def test_bad_logger_fails_before_the_finetune_stage_trains(make_cfg):
+    from pathlib import Path
+
+    cfg = make_cfg([*TINY_RUN, "logger=wandb", "logger.wandb.mode=cloud", "finetune.epochs=1"])
+    with pytest.raises(LowbitConfigError, match="logger.wandb.mode"):
+        setup(cfg)
+    assert not Path(cfg.paths.output_dir, "finetune").exists()  # nothing trained

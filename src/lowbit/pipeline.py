@@ -76,23 +76,22 @@ def setup(cfg: DictConfig) -> Job:
     datamodule.check_sources()
     methods = build_methods(cfg)
     model = model_spec.build(datamodule.task.num_labels)
-    finetune_metrics: dict[str, float] = {}
     finetune = cfg.get("finetune") or {}
-    check(isinstance(finetune.get("epochs", 0), int) and finetune.get("epochs", 0) >= 0,
-          f"finetune.epochs must be a non-negative integer, got {finetune.get('epochs')!r}")
+    epochs = finetune.get("epochs", 0)
+    check(isinstance(epochs, int) and epochs >= 0, f"finetune.epochs must be a non-negative integer, got {epochs!r}")
     for method in methods.values():
-        method.check_ready(has_finetuned_weights=bool(model_spec.init_checkpoint or finetune.get("epochs", 0)))
-    if finetune.get("epochs", 0):
-        finetune_metrics = finetune_float(model, datamodule, cfg, finetune.epochs, finetune.lr)
+        method.check_ready(has_finetuned_weights=bool(model_spec.init_checkpoint or epochs))
+    # everything is instantiated (and so validated) before the first training step of any stage
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [cb for m in methods.values() for cb in m.callbacks()]
+    loggers = [build(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    finetune_metrics = finetune_float(model, datamodule, cfg, epochs, finetune.lr) if epochs else {}
     for group in METHOD_ORDER:
         model = methods[group].prepare(model) or model
     # from_pretrained returns eval mode and Lightning keeps module modes: without this, dropout is off
     model.train()
     module = CompressionModule(model, datamodule.task, list(methods.values()), **cfg.optim)
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [cb for m in methods.values() for cb in m.callbacks()]
-    loggers = [build(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return Job(cfg, datamodule, module, trainer, methods, loggers, finetune_metrics)
 
 

@@ -50,20 +50,6 @@ def wandb_logger(project: str = "lowbit", name: str | None = None, save_dir: str
                        tags=list(tags or []), job_type=job_type)
 
 
-def announce(logger: Logger) -> None:
-    """Say where a logger's run went (W&B offline: the folder and the sync command)."""
-    if isinstance(logger, WandbLogger):
-        run = logger.experiment
-        offline = getattr(run.settings, "_offline", False) or getattr(run.settings, "mode", "") == "offline"
-        if offline:
-            print(f"W&B offline run written to {run.dir.rsplit('/files', 1)[0]} "
-                  f"(upload later with: wandb sync {run.dir.rsplit('/files', 1)[0]})")
-        else:
-            print(f"W&B run: {run.url}")
-    elif isinstance(logger, CSVLogger):
-        print(f"CSV metrics in {logger.log_dir}")
-
-
 def _wandb_summary(logger: WandbLogger, values: dict[str, Any]) -> None:
     logger.experiment.summary.update(values)
 
@@ -71,11 +57,18 @@ def _wandb_summary(logger: WandbLogger, values: dict[str, Any]) -> None:
 def _csv_summary(logger: CSVLogger, values: dict[str, Any]) -> None:
     logger.log_metrics({k: v for k, v in values.items() if isinstance(v, (int, float))})
     logger.save()
+    print(f"CSV metrics in {logger.log_dir}")
 
 
 def _wandb_finish(logger: WandbLogger, values: dict[str, Any]) -> None:
     _wandb_summary(logger, values)
-    logger.experiment.finish()
+    run = logger.experiment
+    run_dir = run.dir.rsplit("/files", 1)[0]
+    if getattr(run.settings, "mode", "") == "offline" or getattr(run.settings, "_offline", False):
+        print(f"W&B offline run written to {run_dir} (upload later with: wandb sync {run_dir})")
+    else:
+        print(f"W&B run: {run.url}")
+    run.finish()
 
 
 SUMMARY_WRITERS: Registry[Callable[[Any, dict], None]] = Registry("logger type")
@@ -84,9 +77,8 @@ SUMMARY_WRITERS.register(CSVLogger, _csv_summary)
 
 
 def write_summary(loggers: list[Logger], values: dict[str, Any], output_dir: str | None) -> None:
-    """Final metrics into each logger's summary (and ``summary.json``); W&B runs are finished."""
+    """Final metrics into each logger's summary (and ``summary.json``), saying where each run went."""
     for logger in loggers:
-        announce(logger)
         if type(logger) in SUMMARY_WRITERS:
             SUMMARY_WRITERS.get(type(logger))(logger, values)
     if output_dir:

@@ -27,7 +27,7 @@ from torch import nn
 from lowbit.errors import LowbitConfigError, check
 from lowbit.export.packing import pack_bits, pack_trits, unpack_bits, unpack_trits
 from lowbit.quant import functional as Fq
-from lowbit.quant.granularity import Granularity, Group, PerRow, PerTensor
+from lowbit.quant.granularity import Granularity
 from lowbit.quant.quantizers import FLOAT_BITS, UniformWeightQuantizer, WeightQuantizer
 from lowbit.registry import Registry
 
@@ -50,9 +50,13 @@ def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
 
 
 def _granularity_from_dict(d: dict[str, Any]) -> Granularity:
-    kinds = {"PerTensor": PerTensor, "PerRow": PerRow, "Group": Group}
+    """Any granularity dataclass of ``lowbit.quant.granularity``, by class name."""
+    from lowbit.quant import granularity as granularity_module
+
     d = dict(d)
-    return kinds[d.pop("type")](**d)
+    cls = getattr(granularity_module, d.pop("type"), None)
+    check(isinstance(cls, type) and hasattr(cls, "to_groups"), f"unknown granularity in packed export: {cls!r}")
+    return cls(**d)
 
 
 # ---- packers: quantizer type -> (weight -> tensors, spec); kind -> unpacker ----------------------------------------

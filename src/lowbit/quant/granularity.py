@@ -10,7 +10,7 @@ Q-BERT's paper groups consecutive *output* rows while its code groups along the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -22,6 +22,12 @@ Axis = Literal["output", "input"]
 @dataclass(frozen=True)
 class PerTensor:
     """One range for the whole tensor."""
+
+    #: quantizing any subset of rows equals slicing the quantized tensor
+    row_separable: ClassVar[bool] = False
+
+    def validate(self, shape: torch.Size, name: str = "weight") -> None:
+        """Raise LowbitConfigError if this granularity cannot apply to a weight of ``shape``."""
 
     def groups(self, weight: torch.Tensor) -> int:
         return 1
@@ -36,6 +42,11 @@ class PerTensor:
 @dataclass(frozen=True)
 class PerRow:
     """One range per output row (per output channel; per token for embeddings)."""
+
+    row_separable: ClassVar[bool] = True
+
+    def validate(self, shape: torch.Size, name: str = "weight") -> None:
+        pass
 
     def groups(self, weight: torch.Tensor) -> int:
         return weight.shape[0]
@@ -57,6 +68,7 @@ class Group:
 
     n_groups: int
     axis: Axis = "output"
+    row_separable: ClassVar[bool] = False
 
     def __post_init__(self):
         check(isinstance(self.n_groups, int) and self.n_groups >= 1,

@@ -13,7 +13,7 @@ from torch import nn
 
 from lowbit.errors import check
 from lowbit.quant import functional as Fq
-from lowbit.quant.granularity import Granularity, Group, PerRow, PerTensor
+from lowbit.quant.granularity import Granularity, PerTensor
 from lowbit.registry import Registry
 
 WEIGHT_QUANTIZERS: Registry[type["WeightQuantizer"]] = Registry("weight quantizer")
@@ -32,11 +32,10 @@ class WeightQuantizer(nn.Module):
     @property
     def row_separable(self) -> bool:
         """Quantizing any subset of rows equals slicing the quantized tensor."""
-        return isinstance(self.granularity, PerRow)
+        return self.granularity.row_separable
 
     def validate(self, weight: torch.Tensor, name: str) -> None:
-        if isinstance(self.granularity, Group):
-            self.granularity.validate(weight.shape, name)
+        self.granularity.validate(weight.shape, name)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         grouped = self.granularity.to_groups(weight)

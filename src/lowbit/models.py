@@ -96,8 +96,9 @@ class ModelSpec:
         return model.eval()  # same mode for every source (from_pretrained returns eval); trainers switch
 
 
-def load_finetuned_weights(model, path: str | Path) -> None:
-    """Load float weights saved by a lowbit run (Lightning .ckpt, keys ``model.*``) or a HF directory.
+def load_finetuned_weights(model, path: str | Path, option: str = "model.init_checkpoint") -> None:
+    """Load float weights saved by a lowbit run (Lightning .ckpt, keys ``model.*``), a plain state_dict
+    file, or a HF directory. ``option`` names the config key in error messages.
 
     Only the HF model's own parameters are taken (quantizer state of a compressed run is
     ignored), and every one of them must be present with the same shape.
@@ -105,21 +106,23 @@ def load_finetuned_weights(model, path: str | Path) -> None:
     import torch
 
     path = Path(path)
+    check(path.exists(), f"{option}={str(path)!r} does not exist")
     if path.is_dir():
         from safetensors.torch import load_file
 
         files = sorted(path.glob("*.safetensors"))
-        check(files, f"model.init_checkpoint={str(path)!r}: no *.safetensors in the directory")
+        check(files, f"{option}={str(path)!r}: no *.safetensors in the directory")
         state = {k: v for f in files for k, v in load_file(str(f)).items()}
     else:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        check("state_dict" in ckpt, f"model.init_checkpoint={str(path)!r} is not a Lightning checkpoint")
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        check(isinstance(ckpt, dict), f"{option}={str(path)!r} is not a checkpoint or state_dict")
+        state = ckpt.get("state_dict", ckpt)
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")} or dict(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    check(not missing, f"model.init_checkpoint={str(path)!r} lacks {len(missing)} weight(s), e.g. {missing[:2]}")
+    check(not missing, f"{option}={str(path)!r} lacks {len(missing)} weight(s), e.g. {missing[:2]}")
     bad = [k for k in own if state[k].shape != own[k].shape]
-    check(not bad, f"model.init_checkpoint={str(path)!r}: shape mismatch for {bad[:2]} (different model or task?)")
+    check(not bad, f"{option}={str(path)!r}: shape mismatch for {bad[:2]} (different model or task?)")
     model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 

@@ -134,3 +134,22 @@ def test_export_cli_from_a_training_checkpoint(make_cfg, tmp_path):
     facts = export_main([str(run_dir / "checkpoints" / "last.ckpt"), str(tmp_path / "packed")])
     assert facts["ratio"] > 3 and facts["reloaded_layers"] == facts["packed_layers"] == 14
     assert (tmp_path / "packed" / "tokenizer").is_dir()
+
+
+def test_qbert_groupwise_model_exports_exactly(tiny_model, batch, tmp_path):
+    """Head-aligned group ranges (Q-BERT) round-trip through the same uniform packer."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lowbit.compose import conf_dir
+
+    q_cfg = OmegaConf.to_container(OmegaConf.load(conf_dir() / "quantizer" / "groupwise.yaml"), resolve=True)
+    q_cfg.update(activation=None, num_attention_heads=4)  # the tiny model has 4 heads
+    b_cfg = {"_target_": "lowbit.quant.uniform_bits", "bits": 3, "word_embedding_bits": 8}
+    model = tiny_model("bert")
+    quantize_(model, instantiate(q_cfg), instantiate(b_cfg))
+    with torch.no_grad():
+        expected = model(**batch).logits
+    export_packed(model, tmp_path / "art", q_cfg, b_cfg)
+    with torch.no_grad():
+        assert (load_packed(tmp_path / "art")(**batch).logits - expected).abs().max().item() <= 1e-5

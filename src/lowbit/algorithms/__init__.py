@@ -52,3 +52,9 @@ card("quantizer", "ternary_lat", "loss-aware ternary weights (Adam second moment
 for _wea in ("w2e2", "w2e8", "w8e8"):
     card("bit_assignment", _wea, f"TernaryBERT {_wea[1]}-{_wea[3]}-8 weight/embedding bits", "TernaryBERT",
          ("quantizer=ternary_twn",))
+card("quantizer", "groupwise", "k-bit min/max weights, head-aligned group ranges (W_o: head input columns)", "Q-BERT",
+     ("bit_assignment.bits=4", "quantizer.groups_per_head=2"))
+card("bit_assignment", "hessian", "bits per layer ranked by Hessian sensitivity under a budget", "Q-BERT-MP",
+     ("quantizer=groupwise", "bit_assignment.sensitivities=[2.0,1.0]", "bit_assignment.budget=2.5"))
+card("bit_assignment", "per_layer", "bits per encoder layer (sweepable), optional size constraint", "Q-BERT-MP search",
+     ("quantizer=groupwise", "bit_assignment.layer_bits=[4,2]", "bit_assignment.max_average_bits=4"))

@@ -1,0 +1,3 @@
+from lowbit.hessian.analysis import main
+
+main()

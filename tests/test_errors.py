@@ -27,6 +27,12 @@ from lowbit.pipeline import setup
     (["data.local_dir=/no/such/glue"], "data.local_dir='/no/such/glue' is not a directory"),
     (["data.batch_size=0"], "data.batch_size must be a positive integer"),
     (["optim.lr=-1"], "optim.lr must be positive"),
+    (["quantizer=ternary_lat", "quantizer.lat_solver=fast"], "quantizer.lat_solver must be alternating or exact"),
+    (["quantizer=ternary_lat", "quantizer.lat_iterations=0"], "quantizer.lat_iterations must be a positive integer"),
+    (["quantizer=ternary_twn", "quantizer.ternarizer=bwn"], "quantizer.ternarizer must be twn or lat"),
+    (["finetune.epochs=-1"], "finetune.epochs must be a non-negative integer"),
+    (["model.init_checkpoint=/no/such.ckpt"], "model.init_checkpoint='/no/such.ckpt' not found"),
+    (["distillation=ternarybert", "distillation.temperature=0", "finetune.epochs=1"], "distillation.temperature"),
 ])
 def test_bad_config_raises_one_clear_error(overrides, message, make_cfg):
     cfg = make_cfg([*TINY_RUN, *overrides])

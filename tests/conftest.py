@@ -41,6 +41,15 @@ def tiny_model():
 
 
 @pytest.fixture
+def one_thread():
+    """Many tiny HVPs: thread hand-offs cost more than they save on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def batch():
     torch.manual_seed(1)
     ids = torch.randint(3, 120, (3, 9))

@@ -77,4 +77,5 @@ class QuantizationMethod(Method):
         if self.report is None:
             return {}
         return {"quantized_modules": len(self.report.quantized), "float_modules": len(self.report.float_kept),
-                "attention_act_sites": len(self.report.attention_sites)}
+                "attention_act_sites": len(self.report.attention_sites),
+                **{f"bits/{k}": v for k, v in self.bits.describe().items()}}

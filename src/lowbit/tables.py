@@ -32,6 +32,15 @@ class TableRow:
     overrides: list[str]
     paper: dict[str, float | None] = field(default_factory=dict)
     paper_label: str = ""  # the paper's row this corresponds to
+    # config groups whose base_overrides this row leaves out (e.g. the fp32 baseline of a table whose
+    # base sets quantizer.*: ``drop_base: [quantizer]``)
+    drop_base: list[str] = field(default_factory=list)
+
+    def base(self, base_overrides: list[str]) -> list[str]:
+        def key(o: str) -> str:
+            return o.split("=", 1)[0].lstrip("+~")
+
+        return [o for o in base_overrides if not any(key(o) == g or key(o).startswith(g + ".") for g in self.drop_base)]
 
 
 @dataclass
@@ -79,7 +88,7 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
         row_dir = out_dir / row.name
         summary_file = row_dir / "summary.json"
         if not summary_file.exists():
-            overrides = [_resolve_refs(o, done) for o in [*spec.base_overrides, *row.overrides, *extra_overrides]]
+            overrides = [_resolve_refs(o, done) for o in [*row.base(spec.base_overrides), *row.overrides, *extra_overrides]]
             overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}",
                           f"logger.wandb.name={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
             print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")

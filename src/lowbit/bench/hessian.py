@@ -3,9 +3,13 @@
 PyHessian (Yao et al.; ``pip install lowbit[bench]``) builds one ``hessian`` object per block
 (one forward/backward with ``create_graph`` each, other parameters frozen) and runs power
 iteration with its relative tolerance. lowbit builds each batch's gradient graph once for all
-blocks and runs Lanczos (and power iteration) with the same tolerance. Writes JSON with the
-per-block eigenvalues, the relative difference to PyHessian, and the time ratio
-(goal: within 1%, >= 3x faster).
+blocks and runs Lanczos with the same tolerance; power iteration with lowbit's graph reuse is timed
+too, so the JSON says where the speed comes from, and Lanczos at a 10x looser tolerance shows
+whether it would still be as accurate as PyHessian. PyHessian is also run to tol/100 for the agreement of the two
+implementations, apart from where its change-based stop leaves it at the shared tolerance. Every result
+is compared with a Lanczos run to 1e-8 (which side a disagreement comes from). Writes JSON with
+the per-block eigenvalues, the relative difference to PyHessian, and the time ratios
+(goal: within 1%, >= 3x faster). All timed runs are interleaved in one process.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def pyhessian_blocks(model: nn.Module, batches: list[dict], blocks, tol: float, 
     return out
 
 
-def _batches(model_name: str, n_batches: int, batch_size: int, seq_len: int) -> tuple[nn.Module, list[dict]]:
+def _batches(model_name: str, n_batches: int, batch_size: int, seq_len: int,
+             checkpoint: str | None = None) -> tuple[nn.Module, list[dict]]:
     from lowbit.compose import compose_train
     from lowbit.hessian.analysis import analysis_batches
     from lowbit.pipeline import build
@@ -72,50 +77,89 @@ def _batches(model_name: str, n_batches: int, batch_size: int, seq_len: int) -> 
     dm.setup("fit")
     torch.manual_seed(0)
     model = spec.build(dm.task.num_labels)
+    if checkpoint:
+        from lowbit.models import load_finetuned_weights
+
+        load_finetuned_weights(model, checkpoint, option="--checkpoint")
     return model, analysis_batches(dm, 1.0, batch_size, n_batches, seed=0)
 
 
+#: lowbit variants timed against PyHessian: (label, solver, solver kwargs, tolerance factor)
+VARIANTS = (
+    ("lanczos", "lanczos", {}, 1.0),          # the default of lowbit.hessian, same tol
+    ("power", "power", {}, 1.0),              # the Q-BERT/PyHessian algorithm with lowbit's graph reuse
+    ("lanczos_tol_x10", "lanczos", {}, 10.0),  # 10x looser tol: is it still as accurate as PyHessian?
+)
+
+
+def _spectrum(model, batches, blocks, solver: str, kwargs: dict, tol: float, max_iter: int) -> dict:
+    from functools import partial
+
+    from lowbit.hessian import eigen
+
+    original = eigen.EIGEN_SOLVERS._items[solver]
+    eigen.EIGEN_SOLVERS._items[solver] = partial(original, **kwargs)
+    try:
+        return block_spectrum(model, batches, blocks, solver, tol, max_iter, summed=False)
+    finally:
+        eigen.EIGEN_SOLVERS._items[solver] = original
+
+
 def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16, seq_len: int = 64,
-        tol: float = 1e-3, max_iter: int = 100, layers: int | None = None, threads: int | None = None) -> dict:
+        tol: float = 1e-3, max_iter: int = 100, layers: int | None = None, threads: int | None = None,
+        checkpoint: str | None = None, repeats: int = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    model, batches = _batches(model_name, n_batches, batch_size, seq_len)
+    model, batches = _batches(model_name, n_batches, batch_size, seq_len, checkpoint)
     eager_attention(model).eval()
     blocks = hessian_blocks(model, ["layer"])[:layers]
-    timings, ours = {}, {}
-    for method in ("lanczos", "power"):
+    # reference: Lanczos run far past the tolerance, to say which side a disagreement comes from
+    reference = _spectrum(model, batches, blocks, "lanczos", {}, 1e-8, 200)
+    # PyHessian converged further (tol/100): agreement of the two implementations, apart from where
+    # power iteration's change-based stop leaves PyHessian at the shared tolerance
+    theirs_tight = pyhessian_blocks(model, batches, blocks, tol / 100, max(max_iter, 1000), seed=0)
+    timings: dict[str, list[float]] = {}
+    ours: dict[str, dict] = {}
+    theirs: dict[str, list[float]] = {}
+    for _ in range(repeats):  # interleaved: machine load hits every contender alike
+        for label, solver, kwargs, factor in VARIANTS:
+            t0 = time.perf_counter()
+            ours[label] = _spectrum(model, batches, blocks, solver, kwargs, tol * factor, max_iter)
+            timings.setdefault(label, []).append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ours[method] = block_spectrum(model, batches, blocks, method, tol, max_iter, summed=False)
-        timings[method] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    theirs = pyhessian_blocks(model, batches, blocks, tol, max_iter, seed=0)
-    timings["pyhessian"] = time.perf_counter() - t0
-    # reference: Lanczos run to tol 1e-6, to say which side a disagreement comes from
-    reference = block_spectrum(model, batches, blocks, "lanczos", 1e-6, 100, summed=False)
+        theirs = pyhessian_blocks(model, batches, blocks, tol, max_iter, seed=0)
+        timings.setdefault("pyhessian", []).append(time.perf_counter() - t0)
+    seconds = {k: min(v) for k, v in timings.items()}  # best of the repeats
     per_block = {}
     for b in blocks:
         ph = theirs[b.name]
-        entry = {"pyhessian": ph, "reference_lanczos_tol1e-6": reference[b.name]["per_batch"]}
-        for method in ours:
-            values = ours[method][b.name]["per_batch"]
-            entry[f"lowbit_{method}"] = values
-            entry[f"lowbit_{method}_hvps"] = ours[method][b.name]["hvps"]
-            entry[f"rel_diff_{method}_vs_pyhessian"] = [abs(v - p) / abs(p) for v, p in zip(values, ph)]
+        ref = reference[b.name]["per_batch"]
+        entry = {"pyhessian": ph, "pyhessian_tight": theirs_tight[b.name], "reference_lanczos_tol1e-8": ref}
+        for label in ours:
+            values = ours[label][b.name]["per_batch"]
+            entry[f"lowbit_{label}"] = values
+            entry[f"lowbit_{label}_hvps"] = ours[label][b.name]["hvps"]
+            entry[f"rel_diff_{label}_vs_pyhessian"] = [abs(v - p) / abs(p) for v, p in zip(values, ph)]
+            entry[f"rel_diff_{label}_vs_pyhessian_tight"] = [abs(v - p) / abs(p) for v, p in zip(values, theirs_tight[b.name])]
         per_block[b.name] = entry
     worst = {m: max(max(e[f"rel_diff_{m}_vs_pyhessian"]) for e in per_block.values()) for m in ours}
+    worst_tight = {m: max(max(e[f"rel_diff_{m}_vs_pyhessian_tight"]) for e in per_block.values()) for m in ours}
     ref_err = {}
-    for label, key in (("pyhessian", "pyhessian"), ("lowbit_lanczos", "lowbit_lanczos"), ("lowbit_power", "lowbit_power")):
+    for label in ["pyhessian", "pyhessian_tight", *(f"lowbit_{m}" for m in ours)]:
         ref_err[label] = max(abs(v - r) / abs(r) for e in per_block.values()
-                             for v, r in zip(e[key], e["reference_lanczos_tol1e-6"]))
+                             for v, r in zip(e[label], e["reference_lanczos_tol1e-8"]))
     return {
-        "benchmark": "hessian", "model": model_name, "n_batches": n_batches, "batch_size": batch_size,
-        "seq_len": seq_len, "tol": tol, "max_iter": max_iter, "blocks": [b.name for b in blocks],
+        "benchmark": "hessian", "model": model_name, "checkpoint": checkpoint, "n_batches": n_batches,
+        "batch_size": batch_size, "seq_len": seq_len, "tol": tol, "max_iter": max_iter,
+        "blocks": [b.name for b in blocks], "repeats": repeats,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        "seconds": timings,
-        "time_ratio_pyhessian_over_lowbit_lanczos": timings["pyhessian"] / timings["lanczos"],
-        "time_ratio_pyhessian_over_lowbit_power": timings["pyhessian"] / timings["power"],
+        "seconds": seconds, "seconds_all_repeats": timings,
+        "hvps": {m: sum(e[f"lowbit_{m}_hvps"] for e in per_block.values()) for m in ours},
+        **{f"time_ratio_pyhessian_over_lowbit_{m}": seconds["pyhessian"] / seconds[m] for m in ours},
+        "tol_factor": {label: factor for label, _, _, factor in VARIANTS},
         "max_rel_diff_vs_pyhessian": worst,
+        "max_rel_diff_vs_pyhessian_tight": worst_tight,
         "max_rel_err_vs_tight_lanczos": ref_err,
         "goal": {"max_rel_diff": 0.01, "time_ratio": 3.0},
         "per_block": per_block,
@@ -132,12 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--layers", type=int, default=None, help="only the first N encoder layers")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint", default=None, help="fine-tuned lowbit checkpoint (the issue's setting); default: pretrained")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best time of each is reported")
     p.add_argument("--out", default="bench_results/hessian.json")
     a = p.parse_args(argv)
-    result = run(a.model, a.batches, a.batch_size, a.seq_len, a.tol, a.max_iter, a.layers, a.threads)
+    result = run(a.model, a.batches, a.batch_size, a.seq_len, a.tol, a.max_iter, a.layers, a.threads,
+                 a.checkpoint, a.repeats)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("seconds", "time_ratio_pyhessian_over_lowbit_lanczos",
-                                             "max_rel_diff_vs_pyhessian", "max_rel_err_vs_tight_lanczos")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("seconds", "time_ratio", "max_rel", "hvps"))},
+                     indent=2))
     print(f"written to {a.out}")
     return result

@@ -98,7 +98,10 @@ def block_spectrum(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor
                    seed: int = 0) -> dict[str, dict]:
     """Per block: per-batch top eigenvalues, mean, std, sensitivity (mean + std), data-summed value.
 
-    The model is put in eval mode (no dropout): the Hessian of a deterministic loss."""
+    The model is put in eval mode (no dropout): the Hessian of a deterministic loss. Every solve
+    starts from the same seeded random vector: starting a batch from the previous batch's
+    eigenvector was tried and rejected (fine-tuned MiniLM: 24% fewer HVPs, but one block locked
+    onto an interior eigenvalue, 41% off)."""
     eager_attention(model).eval()
     params = list(dict.fromkeys(p for b in blocks for p in b.params))  # union, order kept
     index = {id(p): i for i, p in enumerate(params)}
@@ -110,7 +113,9 @@ def block_spectrum(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor
         check(all(g is not None for g in grads), "hessian: a block parameter does not affect the loss")
         for b in blocks:
             g = [grads[index[id(p)]] for p in b.params]
-            per_batch[b.name].append(top_eigenvalue(method, hvp_from_grads(g, b.params), b.params, tol, max_iter, seed))
+            result = top_eigenvalue(method, hvp_from_grads(g, b.params), b.params, tol, max_iter, seed)
+            result.vector = None  # block-sized: not kept
+            per_batch[b.name].append(result)
         if summed:
             kept.append((list(grads), int(batch["input_ids"].shape[0])))
         else:

@@ -42,6 +42,10 @@ class PerModuleBits:
         used = [b for b in (self.attention, self.ffn) if b is not None]
         return sum(used) / len(used) if used else 32.0
 
+    def describe(self) -> dict[str, int | str | None]:
+        """The bits chosen, for the run summary (null = float)."""
+        return dict(vars(self))
+
 
 def uniform_bits(bits: int, word_embedding_bits: int | None = None, position_embedding_bits: int | None = None,
                  token_type_embedding_bits: int | None = None) -> PerModuleBits:

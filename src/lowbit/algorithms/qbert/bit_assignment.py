@@ -91,6 +91,12 @@ class _LayerBitsBase:
         used = [b for b in self.layer_assignment() if b is not None]
         return sum(used) / len(used) if used else 32.0
 
+    def describe(self) -> dict[str, int | str | None]:
+        """The bits chosen, for the run summary: which layer got what is the point of a mixed run."""
+        fields = ("word_embedding", "position_embedding", "token_type_embedding", "embedding_projection", "pooler")
+        layers = ",".join("float" if b is None else str(b) for b in self.layer_assignment())
+        return {"layer_bits": layers, **{f: getattr(self, f) for f in fields}}
+
 
 @dataclass
 class HessianBits(_LayerBitsBase):

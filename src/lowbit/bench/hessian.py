@@ -84,25 +84,12 @@ def _batches(model_name: str, n_batches: int, batch_size: int, seq_len: int,
     return model, analysis_batches(dm, 1.0, batch_size, n_batches, seed=0)
 
 
-#: lowbit variants timed against PyHessian: (label, solver, solver kwargs, tolerance factor)
+#: lowbit variants timed against PyHessian: (label, hessian.method, tolerance factor)
 VARIANTS = (
-    ("lanczos", "lanczos", {}, 1.0),          # the default of lowbit.hessian, same tol
-    ("power", "power", {}, 1.0),              # the Q-BERT/PyHessian algorithm with lowbit's graph reuse
-    ("lanczos_tol_x10", "lanczos", {}, 10.0),  # 10x looser tol: is it still as accurate as PyHessian?
+    ("lanczos", "lanczos", 1.0),          # the default of lowbit.hessian, same tol
+    ("power", "power", 1.0),              # the Q-BERT/PyHessian algorithm with lowbit's graph reuse
+    ("lanczos_tol_x10", "lanczos", 10.0),  # 10x looser tol: is it still as accurate as PyHessian?
 )
-
-
-def _spectrum(model, batches, blocks, solver: str, kwargs: dict, tol: float, max_iter: int) -> dict:
-    from functools import partial
-
-    from lowbit.hessian import eigen
-
-    original = eigen.EIGEN_SOLVERS._items[solver]
-    eigen.EIGEN_SOLVERS._items[solver] = partial(original, **kwargs)
-    try:
-        return block_spectrum(model, batches, blocks, solver, tol, max_iter, summed=False)
-    finally:
-        eigen.EIGEN_SOLVERS._items[solver] = original
 
 
 def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16, seq_len: int = 64,
@@ -114,7 +101,7 @@ def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16,
     eager_attention(model).eval()
     blocks = hessian_blocks(model, ["layer"])[:layers]
     # reference: Lanczos run far past the tolerance, to say which side a disagreement comes from
-    reference = _spectrum(model, batches, blocks, "lanczos", {}, 1e-8, 200)
+    reference = block_spectrum(model, batches, blocks, "lanczos", 1e-8, 200, summed=False)
     # PyHessian converged further (tol/100): agreement of the two implementations, apart from where
     # power iteration's change-based stop leaves PyHessian at the shared tolerance
     theirs_tight = pyhessian_blocks(model, batches, blocks, tol / 100, max(max_iter, 1000), seed=0)
@@ -122,9 +109,9 @@ def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16,
     ours: dict[str, dict] = {}
     theirs: dict[str, list[float]] = {}
     for _ in range(repeats):  # interleaved: machine load hits every contender alike
-        for label, solver, kwargs, factor in VARIANTS:
+        for label, method, factor in VARIANTS:
             t0 = time.perf_counter()
-            ours[label] = _spectrum(model, batches, blocks, solver, kwargs, tol * factor, max_iter)
+            ours[label] = block_spectrum(model, batches, blocks, method, tol * factor, max_iter, summed=False)
             timings.setdefault(label, []).append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         theirs = pyhessian_blocks(model, batches, blocks, tol, max_iter, seed=0)
@@ -157,7 +144,7 @@ def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16,
         "seconds": seconds, "seconds_all_repeats": timings,
         "hvps": {m: sum(e[f"lowbit_{m}_hvps"] for e in per_block.values()) for m in ours},
         **{f"time_ratio_pyhessian_over_lowbit_{m}": seconds["pyhessian"] / seconds[m] for m in ours},
-        "tol_factor": {label: factor for label, _, _, factor in VARIANTS},
+        "tol_factor": {label: factor for label, _, factor in VARIANTS},
         "max_rel_diff_vs_pyhessian": worst,
         "max_rel_diff_vs_pyhessian_tight": worst_tight,
         "max_rel_err_vs_tight_lanczos": ref_err,

@@ -73,6 +73,15 @@ def test_drop_base_leaves_out_the_named_groups_only():
     assert TableRow("w4", []).base(base) == base
 
 
+
+def test_unknown_drop_base_group_fails_before_any_row_runs(tmp_path):
+    spec = _spec()
+    spec.rows[0].drop_base = ["quantiser"]
+    with pytest.raises(LowbitConfigError, match=r"^table tiny_table: row 'fp32' drop_base entry 'quantiser' matches no base"):
+        run_table(spec, [], tmp_path / "t", wandb_mode="disabled")
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("name", ["ternarybert_table1_sst2"])
 def test_ternarybert_table1_runs_end_to_end_on_tiny(name, tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))

@@ -37,10 +37,12 @@ class TableRow:
     drop_base: list[str] = field(default_factory=list)
 
     def base(self, base_overrides: list[str]) -> list[str]:
-        def key(o: str) -> str:
-            return o.split("=", 1)[0].lstrip("+~")
+        return [o for o in base_overrides if not any(_in_group(o, g) for g in self.drop_base)]
 
-        return [o for o in base_overrides if not any(key(o) == g or key(o).startswith(g + ".") for g in self.drop_base)]
+
+def _in_group(override: str, group: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == group or key.startswith(group + ".")
 
 
 @dataclass
@@ -81,6 +83,10 @@ def _resolve_refs(override: str, done: dict[str, Path]) -> str:
 def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
     from lowbit.pipeline import run
 
+    for row in spec.rows:  # a typo would silently keep the overrides: fail before any row trains
+        for g in row.drop_base:
+            check(any(_in_group(o, g) for o in spec.base_overrides),
+                  f"table {spec.name}: row {row.name!r} drop_base entry {g!r} matches no base override")
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     results = []

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pyhessian")
 
-from lowbit.bench.hessian import VARIANTS, run
+from lowbit.bench.hessian import VARIANTS, main, run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,3 +29,11 @@ def test_bench_hessian_agrees_with_pyhessian_on_tiny(tmp_path, monkeypatch):
     assert errors["pyhessian"] < 1e-2 and result["max_rel_diff_vs_pyhessian"]["lanczos"] < 1e-2
     # Lanczos needs fewer products than power iteration
     assert result["hvps"]["lanczos"] < result["hvps"]["power"]
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^lowbit: error: --checkpoint='nope.ckpt' does not exist$"):
+        main(["--model", "tiny", "--batches", "1", "--batch-size", "2", "--seq-len", "8", "--checkpoint", "nope.ckpt",
+              "--out", str(tmp_path / "b.json")])

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitConfigError
 from lowbit.hessian.spectrum import block_spectrum, eager_attention, hessian_blocks
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -167,8 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best time of each is reported")
     p.add_argument("--out", default="bench_results/hessian.json")
     a = p.parse_args(argv)
-    result = run(a.model, a.batches, a.batch_size, a.seq_len, a.tol, a.max_iter, a.layers, a.threads,
-                 a.checkpoint, a.repeats)
+    try:
+        result = run(a.model, a.batches, a.batch_size, a.seq_len, a.tol, a.max_iter, a.layers, a.threads,
+                     a.checkpoint, a.repeats)
+    except LowbitConfigError as e:
+        raise SystemExit(f"lowbit: error: {e}") from None
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("seconds", "time_ratio", "max_rel", "hvps"))},

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig
-from lowbit.compose import compose_train as _compose
 from transformers import AlbertConfig, AutoModelForSequenceClassification, BertConfig, RobertaConfig
+
+from lowbit.compose import compose_train as _compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -72,3 +73,24 @@ TINY_RUN = ["model=tiny", "logger=none", "callbacks=none", "trainer.fast_dev_run
 @pytest.fixture
 def make_cfg(tmp_path):
     return lambda overrides: compose_train(overrides, tmp_path)
+
+
+def payload_bytes(path) -> int:
+    """Bytes of the tensors in a safetensors file (its header excluded)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+
+
+def assert_row_path_equals_full_table(embedding, ids) -> None:
+    """An embedding's training lookup (row-wise chain) equals the eval lookup of the whole transformed table."""
+    embedding.train()
+    rows = embedding(ids)
+    embedding.eval()
+    with torch.no_grad():
+        full = embedding(ids)
+    torch.testing.assert_close(rows.detach(), full)

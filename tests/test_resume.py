@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import TINY_RUN
+
 from lowbit.module import CompressionModule
 from lowbit.pipeline import run
 
@@ -29,3 +30,19 @@ def test_resume_from_last_checkpoint(make_cfg, monkeypatch):
     assert steps == [2, 3, 4]  # continued from step 2: the first two steps were not redone
     summary = json.loads(Path(second.paths.output_dir, "summary.json").read_text())
     assert summary["train/global_step"] == 5
+
+
+def test_last_checkpoint_holds_the_final_weights(make_cfg):
+    """Lightning rewrites last.ckpt only when the monitored best improves; lowbit always writes the final state."""
+    import torch
+
+    from lowbit.pipeline import train
+
+    cfg = make_cfg([*BASE, "trainer.max_steps=7", "+trainer.val_check_interval=2", "+trainer.limit_val_batches=1",
+                    "quantizer=uniform", "bit_assignment.bits=4"])
+    result = train(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == result.metrics["train/global_step"] == 7
+    final = result.job.model.state_dict()
+    saved = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in final)

@@ -49,4 +49,4 @@ def test_asymmetric_group_wise_counts_scale_and_zero_point_per_group(tiny_model)
         H * H * 4 + 4 * per_range + H * FP)
     saved = 4 * LAYERS * (H * H * (FP - 4) - 4 * per_range)
     assert model_size_bits(model) == _fp32_bits() - saved
-    assert attn.weight_quantizer.bits == 4
+    assert attn.quantizer.bits == 4

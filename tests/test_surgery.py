@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_row_path_equals_full_table
 from torch import nn
 
 from lowbit.algorithms.ternarybert import TernaryRecipe, TernaryTWNQuantizer
+from lowbit.attention import HOOKS_ATTR
 from lowbit.errors import LowbitConfigError
-from lowbit.quant import (NoQuantization, PerModuleBits, QuantEmbedding, QuantLinear, UniformRecipe,
-                          UniformWeightQuantizer, convert_, quantize_, uniform_bits)
-from lowbit.quant.attention import HOOKS_ATTR
+from lowbit.layers import LowbitEmbedding, LowbitLinear
+from lowbit.quant import (
+    NoQuantization,
+    PerModuleBits,
+    UniformRecipe,
+    UniformWeightQuantizer,
+    convert_,
+    quantize_,
+    uniform_bits,
+)
 from lowbit.quant.recipes import ActivationSpec
 
 
@@ -26,20 +35,20 @@ BERT_ENCODER_LINEARS = {f"bert.encoder.layer.{i}.{s}" for i in range(2) for s in
 def test_ternary_2_2_8_replaces_exactly_intended_modules(tiny_model):
     model = tiny_model("bert")
     report = quantize_(model, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    assert _names(model, QuantLinear) == BERT_ENCODER_LINEARS | {"bert.pooler.dense"}
-    assert _names(model, QuantEmbedding) == {"bert.embeddings.word_embeddings"}
+    assert _names(model, LowbitLinear) == BERT_ENCODER_LINEARS | {"bert.pooler.dense"}
+    assert _names(model, LowbitEmbedding) == {"bert.embeddings.word_embeddings"}
     assert type(model.classifier) is nn.Linear
     assert type(model.bert.embeddings.position_embeddings) is nn.Embedding
     assert type(model.bert.embeddings.token_type_embeddings) is nn.Embedding
     assert set(report.float_kept) == {"bert.embeddings.position_embeddings",
                                       "bert.embeddings.token_type_embeddings", "classifier"}
-    word = model.bert.embeddings.word_embeddings.weight_quantizer
+    word = model.bert.embeddings.word_embeddings.quantizer
     assert isinstance(word, TernaryTWNQuantizer) and word.row_separable
     layer0 = model.bert.encoder.layer[0]
-    assert isinstance(layer0.attention.self.query.weight_quantizer, TernaryTWNQuantizer)
-    assert layer0.attention.self.query.input_quantizer.bits == 8
+    assert isinstance(layer0.attention.self.query.quantizer, TernaryTWNQuantizer)
+    assert layer0.attention.self.query.input_transforms["quantizer"].bits == 8
     hooks = getattr(layer0.attention.self, HOOKS_ATTR)
-    assert hooks.probs_quantizer.bits == 8 and hooks.query_quantizer.bits == 8
+    assert hooks.probs["quantizer"].bits == 8 and hooks.query["quantizer"].bits == 8
     assert model.config._attn_implementation == "lowbit"
 
 
@@ -51,7 +60,7 @@ def test_surgery_shares_parameters_and_keeps_linear_signature(tiny_model):
     assert after.weight is before.weight and after.bias is before.bias
     assert (after.in_features, after.out_features) == (before.in_features, before.out_features)
     assert isinstance(after, nn.Linear)
-    fresh = QuantLinear(3, 5, bias=False)  # same constructor signature as nn.Linear
+    fresh = LowbitLinear(3, 5, bias=False)  # same constructor signature as nn.Linear
     assert fresh.weight.shape == (5, 3) and fresh.bias is None
 
 
@@ -60,10 +69,10 @@ def test_per_module_bits_and_float_roles(tiny_model):
     bits = PerModuleBits(attention=4, ffn=2, word_embedding=8, position_embedding=None, pooler=None)
     report = quantize_(model, UniformRecipe(), bits)
     layer = model.bert.encoder.layer[1]
-    assert layer.attention.self.key.weight_quantizer.bits == 4
-    assert layer.attention.output.dense.weight_quantizer.bits == 4
-    assert layer.intermediate.dense.weight_quantizer.bits == 2
-    assert model.bert.embeddings.word_embeddings.weight_quantizer.bits == 8
+    assert layer.attention.self.key.quantizer.bits == 4
+    assert layer.attention.output.dense.quantizer.bits == 4
+    assert layer.intermediate.dense.quantizer.bits == 2
+    assert model.bert.embeddings.word_embeddings.quantizer.bits == 8
     assert type(model.bert.pooler.dense) is nn.Linear
     assert "bert.pooler.dense" in report.float_kept
 
@@ -72,7 +81,7 @@ def test_no_quantization_is_identity(tiny_model, batch):
     model = tiny_model("bert")
     ref = model(**batch).logits
     report = quantize_(model, NoQuantization(), uniform_bits(2))
-    assert not report.quantized and not _names(model, QuantLinear)
+    assert not report.quantized and not _names(model, LowbitLinear)
     torch.testing.assert_close(model(**batch).logits, ref)
 
 
@@ -91,9 +100,9 @@ def test_lowbit_attention_without_quantizers_matches_eager(tiny_model, batch):
 def test_other_families_are_supported(tiny_model, batch, family, n_linear):
     model = tiny_model(family)
     quantize_(model, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    assert len(_names(model, QuantLinear)) == n_linear
+    assert len(_names(model, LowbitLinear)) == n_linear
     head = model.classifier
-    assert all(type(m) is not QuantLinear for m in head.modules())
+    assert all(type(m) is not LowbitLinear for m in head.modules())
     out = model(**batch).logits
     assert out.shape == (3, 2) and torch.isfinite(out).all()
 
@@ -110,7 +119,7 @@ def test_group_count_not_dividing_is_rejected_before_any_change(tiny_model):
     model = tiny_model("bert")
     with pytest.raises(LowbitConfigError, match="n_groups=5 does not divide"):
         quantize_(model, UniformRecipe(granularity="group", n_groups=5), uniform_bits(4))
-    assert not _names(model, QuantLinear)  # validated first, nothing half-replaced
+    assert not _names(model, LowbitLinear)  # validated first, nothing half-replaced
 
 
 def test_convert_bakes_weight_quantization(tiny_model, batch):
@@ -119,7 +128,7 @@ def test_convert_bakes_weight_quantization(tiny_model, batch):
     quantize_(model, recipe, uniform_bits(4, word_embedding_bits=4))
     fake = model(**batch).logits
     convert_(model)
-    assert not _names(model, QuantLinear) and not _names(model, QuantEmbedding)
+    assert not _names(model, LowbitLinear) and not _names(model, LowbitEmbedding)
     torch.testing.assert_close(model(**batch).logits, fake)
     w = model.bert.encoder.layer[0].output.dense.weight
     assert w.unique().numel() <= 16
@@ -129,23 +138,18 @@ def test_row_separable_embedding_equals_full_table_quantization(tiny_model):
     model = tiny_model("bert")
     quantize_(model, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
     emb = model.bert.embeddings.word_embeddings
-    ids = torch.tensor([[5, 7, 5, 99]])
-    emb.train()
-    rows = emb(ids)
-    emb.eval()
-    with torch.no_grad():
-        full = emb(ids)
-    torch.testing.assert_close(rows.detach(), full)
+    assert_row_path_equals_full_table(emb, torch.tensor([[5, 7, 5, 99]]))
 
 
 def test_eval_cache_invalidated_when_weights_change(tiny_model):
-    layer = QuantLinear.from_linear(nn.Linear(4, 4), UniformWeightQuantizer(4, symmetric=True))
+    layer = LowbitLinear.from_linear(nn.Linear(4, 4))
+    layer.add_transform("weight", "quantizer", UniformWeightQuantizer(4, symmetric=True))
     layer.eval()
     x = torch.randn(2, 4)
     with torch.no_grad():
         a = layer(x)
         layer.weight.mul_(2)
         b = layer(x)
-        expected = x @ layer.weight_quantizer(layer.weight).T + layer.bias
+        expected = x @ layer.quantizer(layer.weight).T + layer.bias
     assert not torch.allclose(a, b)
     torch.testing.assert_close(b, expected)

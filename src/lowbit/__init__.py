@@ -1,10 +1,24 @@
 """lowbit: ultra-low-bit BERT compression (Q-BERT, I-BERT, EdgeBERT, TernaryBERT) in one framework."""
 
-from lowbit.quant import (ActivationSpec, PerModuleBits, UniformRecipe, convert_, model_size_bits, quantize_,
-                          size_report, uniform_bits)
+from lowbit.builder import build_methods, build_model, prepare_model
+from lowbit.edit import ModelEditor
+from lowbit.export import export_packed, load_packed
+from lowbit.layers import LowbitEmbedding, LowbitLinear, WeightTransform, lowbit_layers
+from lowbit.methods import Method, ParamGroup, Stage
+from lowbit.quant import (
+                          ActivationSpec,
+                          BitAssignment,
+                          PerModuleBits,
+                          UniformRecipe,
+                          convert_,
+                          model_size_bits,
+                          quantize_,
+                          size_report,
+                          uniform_bits,
+)
 
-from lowbit.export import export_packed, load_packed  # noqa: E402
-
-__version__ = "0.1.0"
-__all__ = ["export_packed", "load_packed", "ActivationSpec", "PerModuleBits", "UniformRecipe", "convert_", "model_size_bits", "quantize_",
+__version__ = "0.2.0"
+__all__ = ["ActivationSpec", "BitAssignment", "LowbitEmbedding", "LowbitLinear", "Method", "ModelEditor", "ParamGroup",
+           "PerModuleBits", "Stage", "UniformRecipe", "WeightTransform", "build_methods", "build_model", "convert_",
+           "export_packed", "load_packed", "lowbit_layers", "model_size_bits", "prepare_model", "quantize_",
            "size_report", "uniform_bits"]

@@ -1,7 +1,13 @@
-"""Entry point shared by ``train.py`` and the ``lowbit-train`` script."""
+"""Entry point shared by ``train.py`` and the ``lowbit-train`` script.
+
+``+dry_run=true``: compose and instantiate everything a run builds before training (model spec,
+data module, every method group, optimizer, callbacks, trainer; ``lowbit.pipeline.dry_run``),
+print what was built and exit 0, without loading weights or data and without training.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from hydra.core.hydra_config import HydraConfig
@@ -12,9 +18,14 @@ from lowbit.errors import LowbitConfigError
 
 
 def train_main(cfg: DictConfig) -> float | list[float] | None:
-    from lowbit.pipeline import run
+    from lowbit.pipeline import dry_run, run
 
     try:
+        if cfg.get("dry_run"):
+            summary = dry_run(cfg)
+            print("lowbit: dry run OK (nothing loaded or trained):")
+            print(json.dumps(summary, indent=2, default=str))
+            return None
         return run(cfg)
     except LowbitConfigError as e:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

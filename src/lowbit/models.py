@@ -18,7 +18,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from lowbit.errors import LowbitConfigError, check
-from lowbit.quant.targets import TARGET_PATTERNS
+from lowbit.roles import FAMILIES
 
 SOURCES = ("package", "hub", "random")
 
@@ -74,8 +74,13 @@ class ModelSpec:
         except (OSError, ValueError) as e:
             raise LowbitConfigError(f"{option}={loc!r}: cannot load tokenizer ({_first_line(e)})") from None
 
-    def build(self, num_labels: int):
-        """The sequence-classification model with a fresh float classifier head, in eval mode."""
+    def build(self, num_labels: int, weights: str = "pretrained"):
+        """The sequence-classification model with a fresh float classifier head, in eval mode.
+
+        ``weights="none"``: the architecture only (random init, no ``init_checkpoint``), for loading
+        a checkpoint or a packed export over it.
+        """
+        check(weights in ("pretrained", "none"), f"unknown weights option {weights!r}")
         kwargs = dict(num_labels=num_labels, problem_type="regression" if num_labels == 1 else None)
         if self.source == "random":
             config = AutoConfig.for_model(self.model_type, **self.config, **kwargs)
@@ -84,14 +89,15 @@ class ModelSpec:
             loc = self.location()
             try:
                 config = AutoConfig.from_pretrained(loc, **self.config, **kwargs)
-                model = AutoModelForSequenceClassification.from_pretrained(loc, config=config)
+                model = (AutoModelForSequenceClassification.from_pretrained(loc, config=config) if weights == "pretrained"
+                         else AutoModelForSequenceClassification.from_config(config))
             except OSError as e:
                 offline = " (offline? use model=minilm_l6 or a local directory)" if not Path(loc).exists() else ""
                 raise LowbitConfigError(f"model.name={self.name!r}: cannot load{offline}: {_first_line(e)}") from None
-        check(model.config.model_type in TARGET_PATTERNS,
+        check(model.config.model_type in FAMILIES,
               f"model.name={self.name!r}: model type {model.config.model_type!r} is not supported "
-              f"(supported: {sorted(TARGET_PATTERNS)})")
-        if self.init_checkpoint is not None:
+              f"(supported: {sorted(FAMILIES)})")
+        if self.init_checkpoint is not None and weights == "pretrained":
             load_finetuned_weights(model, self.init_checkpoint)
         return model.eval()  # same mode for every source (from_pretrained returns eval); trainers switch
 
@@ -114,7 +120,7 @@ def load_finetuned_weights(model, path: str | Path, option: str = "model.init_ch
         check(files, f"{option}={str(path)!r}: no *.safetensors in the directory")
         state = {k: v for f in files for k, v in load_file(str(f)).items()}
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         check(isinstance(ckpt, dict), f"{option}={str(path)!r} is not a checkpoint or state_dict")
         state = ckpt.get("state_dict", ckpt)
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")} or dict(state)

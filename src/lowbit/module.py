@@ -1,92 +1,126 @@
 """Lightning module for quantization-aware fine-tuning of any composed method set.
 
-One training path for every method: the task loss (weighted by the methods; 0 for
-pure distillation) plus each method's named loss terms. Metrics are computed on the
-whole eval set at epoch end and logged as ``val/<metric>`` (MNLI mismatched:
-``val_mm/<metric>``).
+One training path for every method and every stage: the task loss (weighted by the methods;
+0 for pure distillation) plus each method's named loss terms, which see the global step.
+Forwards carry each method's ``forward_kwargs(mode)``. Metrics are computed on the whole eval
+set at epoch end and logged as ``val/<metric>`` (MNLI mismatched: ``val_mm/<metric>``), with
+each method's ``eval_metrics`` over what its ``eval_outputs`` kept during the same pass.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from lowbit.data.metrics import compute_metrics, predictions
 from lowbit.data.tasks import GlueTask
-from lowbit.errors import check
-from lowbit.methods import Method
-from lowbit.quant.size import size_report
+from lowbit.methods import Method, ParamGroup
+from lowbit.optim import OptimSpec
+from lowbit.size import size_report
+
+#: parameter-name endings that get no weight decay (BERT practice)
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
 
 
 class CompressionModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, task: GlueTask, methods: Sequence[Method] = (), lr: float = 2e-5,
-                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, adam_eps: float = 1e-8,
-                 metric_prefix: str = ""):
+    def __init__(self, model: nn.Module, task: GlueTask, methods: Mapping[str, Method] | None = None,
+                 optim: OptimSpec | None = None, param_groups: Sequence[ParamGroup] = (), metric_prefix: str = "",
+                 loss_groups: Sequence[str] | None = None):
+        """``loss_groups``: method groups whose loss terms apply, plus ``"task"`` (None: every method and the task)."""
         super().__init__()
-        check(lr > 0, f"optim.lr must be positive, got {lr!r}")
-        check(0 <= warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
-        check(weight_decay >= 0, f"optim.weight_decay must be >= 0, got {weight_decay!r}")
-        self.model, self.task, self.methods = model, task, list(methods)
-        self.lr, self.weight_decay, self.warmup_ratio, self.adam_eps = lr, weight_decay, warmup_ratio, adam_eps
+        self.model, self.task, self.methods = model, task, dict(methods or {})
+        self.optim, self.param_groups_spec = optim, list(param_groups)
         self.metric_prefix = metric_prefix  # "finetune/" for the float stage before compression
-        self.task_loss_weight = 1.0
-        for m in self.methods:
-            self.task_loss_weight *= m.task_loss_weight
-        self.loss_terms = [term for m in self.methods for term in m.loss_terms()]
-        self.forward_kwargs: dict = {}
-        for m in self.methods:
-            self.forward_kwargs.update(m.forward_kwargs())
+        active = list(self.methods) if loss_groups is None else [g for g in self.methods if g in loss_groups]
+        task_on = loss_groups is None or "task" in loss_groups
+        self.task_loss_weight = float(task_on) * math.prod(self.methods[g].task_loss_weight for g in active)
+        self.loss_terms = [term for g in active for term in self.methods[g].loss_terms()]
+        self.forward_kwargs = {mode: {} for mode in ("train", "eval")}
+        for mode, kwargs in self.forward_kwargs.items():
+            for m in self.methods.values():
+                kwargs.update(m.forward_kwargs(mode))
         self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._method_eval: dict[int, dict[str, dict[str, list[torch.Tensor]]]] = {}
         self.final_metrics: dict[str, float] = {}
         self.final_metrics_step = -1
+        self.last_loss_terms: dict[str, float] = {}
 
-    def forward(self, batch):
-        return self.model(**batch, **self.forward_kwargs)
+    def forward(self, batch, mode: str = "train"):
+        return self.model(**batch, **self.forward_kwargs[mode])
 
     def training_step(self, batch, batch_idx):
-        out = self(batch)
+        out = self(batch, "train")
         losses = {"task": out.loss * self.task_loss_weight} if self.task_loss_weight else {}
         for term in self.loss_terms:
-            losses.update(term(out, batch))
+            losses.update(term(out, batch, self.global_step))
         loss = sum(losses.values())
         n = batch["input_ids"].shape[0]
         self.log(f"{self.metric_prefix}train/loss", loss, prog_bar=True, batch_size=n)
         if len(losses) > 1:
             for name, value in losses.items():
                 self.log(f"{self.metric_prefix}train/loss_{name}", value, batch_size=n)
+        self.last_loss_terms = {name: float(value.detach()) for name, value in losses.items()}
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        out = self.model(**batch)
+        out = self(batch, "eval")
         preds = predictions(out.logits.detach().float(), self.task.is_regression)
         self._eval_outputs.setdefault(dataloader_idx, []).append((preds.cpu(), batch["labels"].cpu()))
+        for group, method in self.methods.items():
+            kept = method.eval_outputs(out, batch)
+            if kept:
+                store = self._method_eval.setdefault(dataloader_idx, {}).setdefault(group, {})
+                for key, value in kept.items():
+                    store.setdefault(key, []).append(value.detach().cpu())
 
     def on_validation_epoch_end(self):
         for idx, outputs in sorted(self._eval_outputs.items()):
             preds = torch.cat([p for p, _ in outputs])
             labels = torch.cat([y for _, y in outputs])
             prefix = self.metric_prefix + self.task.eval_prefix(idx)
-            for name, value in compute_metrics(self.task.metrics, preds, labels).items():
+            values = compute_metrics(self.task.metrics, preds, labels)
+            for group, kept in self._method_eval.get(idx, {}).items():
+                collected = {k: torch.cat(v) for k, v in kept.items()}
+                values.update(self.methods[group].eval_metrics(collected, labels, self.task))
+            for name, value in values.items():
                 self.log(f"{prefix}/{name}", value, prog_bar=(idx == 0 and name == self.task.main_metric),
                          add_dataloader_idx=False)
-                self.final_metrics[f"{prefix}/{name}"] = value
+                self.final_metrics[f"{prefix}/{name}"] = float(value)
         self._eval_outputs.clear()
+        self._method_eval.clear()
         self.final_metrics_step = self.global_step
 
+    def optimizer_param_groups(self) -> list[dict]:
+        """Methods' own groups first (their LR / weight decay), then decay and no-decay for the rest."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        wanted = {id(p) for _, p in trainable}
+        claimed: set[int] = set()
+        groups = []
+        for spec in self.param_groups_spec:
+            params = [p for p in spec.params if id(p) in wanted and id(p) not in claimed]
+            claimed.update(id(p) for p in params)
+            group = {"params": params, "name": spec.name}
+            if spec.lr is not None:
+                group["lr"] = spec.lr
+            if spec.weight_decay is not None:
+                group["weight_decay"] = spec.weight_decay
+            groups.append(group)
+        rest = [(n, p) for n, p in trainable if id(p) not in claimed]
+        groups.append({"params": [p for n, p in rest if not n.endswith(NO_DECAY)], "name": "decay"})
+        groups.append({"params": [p for n, p in rest if n.endswith(NO_DECAY)], "weight_decay": 0.0,
+                       "name": "no_decay"})
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.weight_decay},
-            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, eps=self.adam_eps)
+        optimizer = self.optim.optimizer(self.optimizer_param_groups())
+        if self.optim.scheduler is None:
+            return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        scheduler = self.optim.scheduler(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def model_size(self) -> dict[str, float]:

@@ -1,7 +1,18 @@
 """Build and run one training job from a composed Hydra config.
 
-Everything is instantiated and validated (data files, model, every method option)
-before the first training step, so bad input fails in seconds with one line.
+Everything is instantiated and validated (data files, model, every method option, their
+combination, optimizer, callbacks, loggers, trainer) before the first training step of any
+stage, so bad input fails in seconds with one line. Then:
+
+1. stages that run before ``prepare`` on the float model: the float fine-tune
+   (``finetune.epochs``, metrics ``finetune/val/...``) and any method's ``before_prepare`` stage;
+2. every method's ``prepare`` in ``METHOD_ORDER`` (``lowbit.builder``); method callbacks are
+   collected after it;
+3. the main training stage (QAT / distillation / pruning, all methods' losses);
+4. methods' ``after`` stages (e.g. DeeBERT's off-ramp stage), then a final evaluation.
+
+Each extra stage writes ``<run dir>/<stage>/`` and is skipped (its weights reloaded) when its
+``done.json`` exists, so an interrupted run resumes without redoing finished stages.
 """
 
 from __future__ import annotations
@@ -10,49 +21,24 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from lowbit.builder import build, build_method, build_methods, method_choices, prepare_model
 from lowbit.data.glue import GLUEDataModule
-from lowbit.errors import LowbitConfigError, check
-from lowbit.methods import METHOD_ORDER, Method, QuantizationMethod
+from lowbit.edit import ModelEditor
+from lowbit.errors import check
+from lowbit.methods import Method, RunInfo, Stage, all_param_groups, stages_of
 from lowbit.models import ModelSpec
 from lowbit.module import CompressionModule
+from lowbit.optim import OptimSpec, build_optim
+from lowbit.quant.quantizers import set_observers_frozen
 from lowbit.tracking import write_summary
 
 log = logging.getLogger(__name__)
-
-
-def build(cfg_node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that surfaces lowbit's own one-line errors unwrapped."""
-    try:
-        return instantiate(cfg_node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, LowbitConfigError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        target = getattr(cfg_node, "_target_", None) or "config"
-        detail = e.__cause__ if e.__cause__ is not None else e
-        lines = str(detail).strip().splitlines()
-        raise LowbitConfigError(f"{target}: {type(detail).__name__}: {lines[0] if lines else ''}") from None
-
-
-def build_methods(cfg: DictConfig) -> dict[str, Method]:
-    methods: dict[str, Method] = {}
-    for group in METHOD_ORDER:
-        if group == "quantizer":
-            methods[group] = QuantizationMethod(build(cfg.quantizer), build(cfg.bit_assignment))
-        else:
-            method = build(cfg[group])
-            check(isinstance(method, Method), f"{group}: _target_ must build a lowbit.methods.Method")
-            methods[group] = method
-    return methods
 
 
 @dataclass
@@ -62,8 +48,26 @@ class Job:
     module: CompressionModule
     trainer: pl.Trainer
     methods: dict[str, Method]
+    edit: ModelEditor
+    optim: OptimSpec
     loggers: list = field(default_factory=list)
-    finetune_metrics: dict[str, float] = field(default_factory=dict)
+    stage_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.module.model
+
+
+def finetune_stage(cfg: DictConfig) -> Stage | None:
+    finetune = cfg.get("finetune") or {}
+    epochs = finetune.get("epochs", 0)
+    check(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0,
+          f"finetune.epochs must be a non-negative integer, got {epochs!r}")
+    if not epochs:
+        return None
+    lr = finetune.get("lr")
+    check(isinstance(lr, (int, float)) and lr > 0, f"finetune.lr must be positive, got {lr!r}")
+    return Stage("finetune", epochs, position="before_prepare", lr=lr, losses=("task",))
 
 
 def setup(cfg: DictConfig) -> Job:
@@ -74,61 +78,101 @@ def setup(cfg: DictConfig) -> Job:
     tokenizer = model_spec.load_tokenizer()
     datamodule: GLUEDataModule = build(cfg.data, tokenizer=tokenizer)
     datamodule.check_sources()
-    methods = build_methods(cfg)
+    methods = build_methods(cfg, method_choices())
+    optim = build_optim(cfg.optim)
+    first = finetune_stage(cfg)
+    before = ([("finetune", first)] if first else []) + stages_of(methods, "before_prepare")
     model = model_spec.build(datamodule.task.num_labels)
-    finetune = cfg.get("finetune") or {}
-    epochs = finetune.get("epochs", 0)
-    check(isinstance(epochs, int) and epochs >= 0, f"finetune.epochs must be a non-negative integer, got {epochs!r}")
+    run_info = RunInfo(has_finetuned_weights=bool(model_spec.init_checkpoint or before), optimizer=optim.target)
     for method in methods.values():
-        method.check_ready(has_finetuned_weights=bool(model_spec.init_checkpoint or epochs))
+        method.check_ready(run_info)
     # everything is instantiated (and so validated) before the first training step of any stage
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [cb for m in methods.values() for cb in m.callbacks()]
     loggers = [build(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    finetune_metrics = finetune_float(model, datamodule, cfg, epochs, finetune.lr) if epochs else {}
-    for group in METHOD_ORDER:
-        model = methods[group].prepare(model) or model
+    build(cfg.trainer, callbacks=[], logger=False)  # validates the trainer options
+    stage_metrics: dict[str, float] = {}
+    for group, stage in before:
+        stage_metrics.update(run_stage(stage, model, {}, datamodule, cfg, optim))
+    edit = prepare_model(model, methods, "train")
     # from_pretrained returns eval mode and Lightning keeps module modes: without this, dropout is off
     model.train()
-    module = CompressionModule(model, datamodule.task, list(methods.values()), **cfg.optim)
-    return Job(cfg, datamodule, module, trainer, methods, loggers, finetune_metrics)
+    callbacks += [cb for m in methods.values() for cb in m.callbacks()]  # after prepare: they may refer to it
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    module = CompressionModule(model, datamodule.task, methods, optim, all_param_groups(methods, model))
+    return Job(cfg, datamodule, module, trainer, methods, edit, optim, loggers, stage_metrics)
 
 
-def finetune_float(model, datamodule: GLUEDataModule, cfg: DictConfig, epochs: int, lr: float) -> dict[str, float]:
-    """Stage 0: fine-tune the float model in place; returns its best dev metrics (``finetune/val/...``).
+def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], datamodule: GLUEDataModule,
+              cfg: DictConfig, optim: OptimSpec) -> dict[str, float]:
+    """Train one extra stage in place; returns its final dev metrics (``<stage>/val/...``).
 
-    The stage writes ``<output_dir>/finetune/``; when its ``done.json`` exists (an interrupted
-    run being resumed) the stage is not repeated and its best weights are reloaded.
+    The stage writes ``<output_dir>/<stage>/``; when its ``done.json`` exists (a run being resumed)
+    the stage is not repeated and its best weights are reloaded.
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lowbit.models import load_finetuned_weights
 
-    stage_dir = Path(cfg.paths.output_dir) / "finetune"
-    done = stage_dir / "done.json"
-    best = stage_dir / "checkpoints" / "best.ckpt"
-    if not done.exists():
+    stage_dir = Path(cfg.paths.output_dir) / stage.name
+    done, best = stage_dir / "done.json", stage_dir / "checkpoints" / "best.ckpt"
+    if done.exists():
+        if best.exists():
+            load_finetuned_weights(model, best, option=f"stage {stage.name} checkpoint")
+        model.train()
+        return json.loads(done.read_text())
+    trainable = None if stage.trainable is None else {id(p) for p in stage.trainable(model)}
+    saved_grad = {id(p): p.requires_grad for p in model.parameters()}
+    if trainable is not None:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    if stage.freeze_observers:
+        set_observers_frozen(model, True)
+    try:
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes (dropout would be off)
-        module = CompressionModule(model, datamodule.task, [], **{**cfg.optim, "lr": lr}, metric_prefix="finetune/")
-        monitor = f"finetune/{cfg.optimized_metric}"
+        prefix = f"{stage.name}/"
+        module = CompressionModule(model, datamodule.task, methods, optim.with_lr(stage.lr) if stage.lr else optim,
+                                   all_param_groups(methods, model), metric_prefix=prefix, loss_groups=stage.losses)
+        monitor = prefix + (stage.monitor or cfg.optimized_metric)
         ckpt = ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename="best", monitor=monitor,
                                mode=cfg.optimized_mode, save_weights_only=True, auto_insert_metric_name=False)
-        trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_epochs": epochs,
-                                                    "default_root_dir": str(stage_dir)})
-        log.info("stage 0: fine-tuning the float model for %d epoch(s) at lr %g", epochs, lr)
+        trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_epochs": stage.epochs, "default_root_dir": str(stage_dir)})
+        log.info("stage %s: %d epoch(s) at lr %s", stage.name, stage.epochs, stage.lr or "optim.lr")
         trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt], logger=False, enable_progress_bar=False)
         trainer.fit(module, datamodule=datamodule)
         if best.exists():  # the best epoch, not the last (fast_dev_run saves none)
-            load_finetuned_weights(model, best)
-        # metrics of exactly the weights the compression stage starts from
+            load_finetuned_weights(model, best, option=f"stage {stage.name} checkpoint")
+        # metrics of exactly the weights the next stage starts from
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(module.final_metrics))
-    elif best.exists():
-        load_finetuned_weights(model, best)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved_grad.get(id(p), True))
+        if stage.freeze_observers:
+            set_observers_frozen(model, False)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(module.final_metrics))
     model.train()
-    return json.loads(done.read_text())
+    return module.final_metrics
+
+
+def save_final_checkpoint(trainer: pl.Trainer) -> list[Path]:
+    """Write the final state to every ``last.ckpt`` (temp file + rename).
+
+    Lightning rewrites ``last.ckpt`` with ``save_last`` only when the monitored metric's checkpoint is
+    saved too, so without this a run whose last epoch is not its best leaves its final weights in no file.
+    """
+    import os
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    written = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            tmp = path.with_name(path.name + ".tmp")
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
 
 
 def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float] | None:
@@ -138,7 +182,14 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | list[float]
     return [metrics.get(n) for n in names]
 
 
-def run(cfg: DictConfig) -> float | list[float] | None:
+@dataclass
+class Result:
+    job: Job
+    metrics: dict[str, Any]
+
+
+def train(cfg: DictConfig) -> Result:
+    """Set up and run every stage of one job; returns the job (its trained model) and the final metrics."""
     job = setup(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in job.loggers:
@@ -146,15 +197,26 @@ def run(cfg: DictConfig) -> float | list[float] | None:
     size = job.module.model_size()
     log.info("model size %.2f MB (%.1fx smaller than fp32)", size["model/size_mb"], size["model/compression"])
     job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if job.module.final_metrics_step != job.trainer.global_step:  # training ended between validations
+    after = stages_of(job.methods, "after")
+    for _, stage in after:
+        job.stage_metrics.update(run_stage(stage, job.model, job.methods, job.datamodule, cfg, job.optim))
+    if after or job.module.final_metrics_step != job.trainer.global_step:  # training ended between validations
         job.trainer.validate(job.module, datamodule=job.datamodule, verbose=False)
-    metrics = {**job.finetune_metrics, **job.module.final_metrics, **job.module.model_size()}
+    save_final_checkpoint(job.trainer)
+    metrics: dict[str, Any] = {**job.stage_metrics, **job.module.final_metrics, **job.module.model_size()}
     metrics["train/global_step"] = job.trainer.global_step
+    metrics.update({f"train/loss_{k}": v for k, v in job.module.last_loss_terms.items()})
     for group, method in job.methods.items():
+        metrics[f"{group}/option"] = method.option
         metrics.update({f"{group}/{k}": v for k, v in method.summary().items()})
     write_summary(job.loggers, metrics, cfg.paths.get("output_dir"))
     print_summary(job.datamodule.task.name, metrics)
-    return objective(cfg, metrics)
+    return Result(job, metrics)
+
+
+def run(cfg: DictConfig) -> float | list[float] | None:
+    """``train`` and return the sweep objective (``optimized_metric`` or the list in ``objectives``)."""
+    return objective(cfg, train(cfg).metrics)
 
 
 def print_summary(task: str, metrics: dict[str, float]) -> None:
@@ -165,6 +227,98 @@ def print_summary(task: str, metrics: dict[str, float]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        if k.startswith(("val", "model/")):
+        if k.startswith(("val", "model/")) or k.endswith("/sparsity"):
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(table)
+
+
+def dry_run(cfg: DictConfig, *, defer: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Instantiate and validate what ``setup`` builds before training, without loading weights or data.
+
+    Builds ``cfg.model`` (a ``ModelSpec``: its source resolved, ``init_checkpoint`` checked; no weights
+    loaded), ``cfg.data`` (no tokenizer; local split files checked to exist, none read), every method
+    group (``build_methods``, combination and ``check_ready`` included), the optimizer and schedule,
+    the stages, the callbacks and the trainer. Loggers are checked against their target's signature
+    but not instantiated (they create run directories). ``defer`` maps top-level config keys
+    (``model``, ``bit_assignment``, ...) to a reason: those are composed and their keys checked against
+    their target's signature, but not instantiated (e.g. a table row whose ``sensitivity_file`` an
+    earlier row produces). Returns a summary of what was built.
+    """
+    import inspect
+
+    from hydra.utils import get_object
+
+    from lowbit.errors import LowbitConfigError
+    from lowbit.methods import METHOD_ORDER, check_compatible
+
+    defer = dict(defer or {})
+
+    def check_signature(name: str, node: Any) -> str:
+        """``node``'s keys bind to its ``_target_``'s signature (what instantiating it would pass)."""
+        target = node.get("_target_")
+        check(target is not None, f"{name}: no _target_")
+        try:
+            fn = get_object(str(target))
+        except Exception as e:
+            raise LowbitConfigError(f"{name}: cannot import _target_ {target!r}: {e}") from None
+        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+        try:
+            inspect.signature(fn).bind(**kwargs)
+        except TypeError as e:
+            raise LowbitConfigError(f"{name}: {target}: {e}") from None
+        return str(target)
+
+    for key in defer:
+        if OmegaConf.is_dict(cfg.get(key)) and "_target_" in cfg[key]:
+            check_signature(key, cfg[key])
+    check(cfg.get("optimized_metric") is not None, "optimized_metric must be set")
+    summary: dict[str, Any] = {"task_name": cfg.get("task_name")}
+    if "model" in defer:
+        init = (cfg.model or {}).get("init_checkpoint")
+        summary["model"] = {"name": cfg.model.get("name"), "deferred": defer["model"]}
+    else:
+        model_spec: ModelSpec = build(cfg.model)
+        init = model_spec.init_checkpoint
+        location = model_spec.location() if model_spec.source != "random" else None  # no download: a path or hub id
+        if model_spec.source == "random" or model_spec.tokenizer is not None:
+            model_spec.tokenizer_location()
+        summary["model"] = {"name": model_spec.name, "source": model_spec.source, "location": location,
+                            "init_checkpoint": init}
+    if "data" in defer:
+        summary["data"] = {"deferred": defer["data"]}
+    else:
+        datamodule: GLUEDataModule = build(cfg.data, tokenizer=None)
+        datamodule.check_sources()
+        summary["data"] = {"task": datamodule.task.name,
+                           "source": str(datamodule.data_dir) if datamodule.data_dir is not None else "hub"}
+    choices = method_choices()
+    if not any(g in defer for g in METHOD_ORDER):
+        methods = build_methods(cfg, choices)
+    else:
+        methods = {g: build_method(cfg, g, choices) for g in METHOD_ORDER if g not in defer}
+        check_compatible(methods)
+    summary["methods"] = {g: ({"deferred": defer[g]} if g in defer else methods[g].option) for g in METHOD_ORDER}
+    optim = build_optim(cfg.optim)
+    summary["optim"] = {"optimizer": optim.target, "lr": cfg.optim.get("lr"),
+                        "scheduler": (cfg.optim.get("scheduler") or {}).get("_target_")}
+    first = finetune_stage(cfg)
+    before = ([("finetune", first)] if first else []) + stages_of(methods, "before_prepare")
+    run_info = RunInfo(has_finetuned_weights=bool(init or before), optimizer=optim.target)
+    for method in methods.values():
+        method.check_ready(run_info)
+    summary["stages"] = ([s.name if g == s.name else f"{g}:{s.name}" for g, s in before] + ["train"]
+                         + [f"{g}:{s.name}" for g, s in stages_of(methods, "after")])
+    ckpt_path = cfg.get("ckpt_path")
+    check("ckpt_path" in defer or ckpt_path in (None, "last", "best", "hpc", "registry") or Path(str(ckpt_path)).exists(),
+          f"ckpt_path={ckpt_path!r} does not exist")
+    callbacks = {name: type(build(c)).__name__ for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
+    loggers = {}
+    for name, lg in (cfg.get("logger") or {}).items():
+        if lg is None:
+            continue
+        loggers[name] = check_signature(f"logger.{name}", lg)
+    build(cfg.trainer, callbacks=[], logger=False)  # validates the trainer options
+    summary.update(callbacks=callbacks, loggers=loggers,
+                   trainer={k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps", "accelerator", "fast_dev_run")})
+    summary["deferred"] = defer
+    return summary

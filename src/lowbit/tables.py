@@ -6,6 +6,10 @@ order; an override may name an earlier row's output directory as ``{row:ROW_NAME
 (e.g. a teacher checkpoint). A row whose ``summary.json`` exists is not rerun, so an
 interrupted table resumes. The result is written as CSV and markdown next to the rows and
 logged to W&B as a ``wandb.Table`` (offline without an API key).
+
+``--dry-run`` composes every row's config and instantiates it (``lowbit.pipeline.dry_run``)
+without training or writing anything; a row whose config reads a file that only an earlier row
+produces (its checkpoint, a Hessian JSON of it) has those groups composed but not instantiated.
 """
 
 from __future__ import annotations
@@ -80,13 +84,24 @@ def _resolve_refs(override: str, done: dict[str, Path]) -> str:
     return _ROW_REF.sub(sub, override)
 
 
-def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
-    from lowbit.pipeline import run
-
+def _check_drop_base(spec: TableSpec) -> None:
     for row in spec.rows:  # a typo would silently keep the overrides: fail before any row trains
         for g in row.drop_base:
             check(any(_in_group(o, g) for o in spec.base_overrides),
                   f"table {spec.name}: row {row.name!r} drop_base entry {g!r} matches no base override")
+
+
+def _row_overrides(spec: TableSpec, row: TableRow, extra_overrides: list[str], done: dict[str, Path]) -> list[str]:
+    overrides = [_resolve_refs(o, done) for o in [*row.base(spec.base_overrides), *row.overrides, *extra_overrides]]
+    overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}",
+                  f"logger.wandb.name={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
+    return overrides
+
+
+def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
+    from lowbit.pipeline import run
+
+    _check_drop_base(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     results = []
@@ -94,9 +109,7 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
         row_dir = out_dir / row.name
         summary_file = row_dir / "summary.json"
         if not summary_file.exists():
-            overrides = [_resolve_refs(o, done) for o in [*row.base(spec.base_overrides), *row.overrides, *extra_overrides]]
-            overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}",
-                          f"logger.wandb.name={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
+            overrides = _row_overrides(spec, row, extra_overrides, done)
             print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")
             run(compose_train(overrides, row_dir))
         done[row.name] = row_dir
@@ -104,6 +117,84 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
         results.append(_table_row(spec, row, metrics))
     write_table(spec, results, out_dir)
     log_wandb_table(spec, results, out_dir, wandb_mode)
+    return results
+
+
+def _string_leaves(node: Any):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _string_leaves(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _string_leaves(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def _deferred_groups(cfg, refs: dict[str, Path]) -> dict[str, str]:
+    """Top-level config keys of ``cfg`` that read a not-yet-existing file under an earlier row's directory."""
+    from omegaconf import OmegaConf
+
+    deferred: dict[str, str] = {}
+    for key in cfg:
+        node = cfg[key]
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        for leaf in _string_leaves(value):
+            for ref, ref_dir in refs.items():
+                if leaf.startswith(str(ref_dir)) and not Path(leaf).exists():
+                    deferred[key] = f"reads {leaf}, made from the output of row {ref!r} (not there yet; keys checked)"
+    return deferred
+
+
+def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) -> list[dict]:
+    """Compose and instantiate every row's config as ``run_table`` would run it; nothing is trained or written.
+
+    Rows already done (``summary.json``) are skipped, as ``run_table`` skips them. Raises one
+    ``LowbitConfigError`` naming every row that fails.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lowbit.pipeline import dry_run
+
+    _check_drop_base(spec)
+    done: dict[str, Path] = {}
+    results, failures = [], []
+    for row in spec.rows:
+        row_dir = out_dir / row.name
+        result: dict[str, Any] = {"row": row.name}
+        if (row_dir / "summary.json").exists():
+            result["status"] = "done (skipped, as a real run would)"
+        else:
+            try:
+                overrides = _row_overrides(spec, row, extra_overrides, done)
+                refs = {m.group(1): done[m.group(1)] for o in [*row.base(spec.base_overrides), *row.overrides,
+                                                               *extra_overrides] for m in _ROW_REF.finditer(o)}
+                result["overrides"] = overrides
+                cfg = compose_train(overrides, row_dir)
+                deferred = _deferred_groups(cfg, refs)
+                summary = dry_run(cfg, defer=deferred)
+                result.update(status="ok" if not deferred else "composed; some groups wait for an earlier row",
+                              summary=summary)
+            except (LowbitConfigError, HydraException, OmegaConfBaseException) as e:
+                msg = " ".join(str(e).split())
+                result.update(status="error", error=msg)
+                failures.append(f"row {row.name}: {msg}")
+        done[row.name] = row_dir
+        results.append(result)
+        line = f"[{spec.name}] row {row.name}: {result['status']}"
+        if result["status"] == "error":
+            line += f": {result['error']}"
+        elif "summary" in result:
+            s = result["summary"]
+            line += " (" + (", ".join(f"{g}={o}" for g, o in s["methods"].items() if isinstance(o, str) and o != "none")
+                            or "no compression method") + ")"
+            for key, reason in s["deferred"].items():
+                line += f"\n    {key}: not instantiated: {reason}"
+        print(line)
+    check(not failures, f"table {spec.name}: {len(failures)} of {len(spec.rows)} row(s) fail the dry run: "
+                        + "; ".join(failures))
+    print(f"[{spec.name}] dry run OK: {len(spec.rows)} rows compose (nothing trained or written)")
     return results
 
 
@@ -157,9 +248,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row (e.g. data.max_train_samples=4000)")
     p.add_argument("--out", default=None, help="output dir (default logs/tables/<name>); reruns resume there")
     p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"])
-    a = p.parse_args(argv)
+    p.add_argument("--dry-run", action="store_true",
+                   help="compose and instantiate every row's config without training or writing anything")
+    a = p.parse_intermixed_args(argv)  # overrides may come after --out
     try:
         spec = TableSpec.load(a.table)
+        if a.dry_run:
+            return dry_run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table))
         return run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.wandb_mode)
     except LowbitConfigError as e:
         raise SystemExit(f"lowbit: error: {e}") from None

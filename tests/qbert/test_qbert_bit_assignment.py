@@ -8,8 +8,9 @@ import pytest
 
 from lowbit.algorithms.qbert import HessianBits, PerLayerBits, assign_layer_bits
 from lowbit.errors import LowbitConfigError
-from lowbit.quant import QuantLinear, UniformRecipe, quantize_
-from lowbit.quant.targets import find_targets
+from lowbit.layers import LowbitLinear
+from lowbit.quant import UniformRecipe, quantize_
+from lowbit.roles import find_targets
 
 SENS = [0.3, 5.0, 1.0, 0.1, 2.0, 0.7]
 
@@ -64,8 +65,8 @@ def test_hessian_bits_from_json_file(tmp_path, tiny_model):
     quantize_(model, UniformRecipe(), assignment)
     for t in find_targets(model):
         if t.role in ("attention", "ffn"):
-            assert isinstance(t.module, QuantLinear) and t.module.weight_quantizer.bits == [2, 4][t.layer]
-    assert model.bert.embeddings.word_embeddings.weight_quantizer.bits == 8
+            assert isinstance(t.module, LowbitLinear) and t.module.quantizer.bits == [2, 4][t.layer]
+    assert model.bert.embeddings.word_embeddings.quantizer.bits == 8
 
 
 def test_missing_sensitivity_file_says_how_to_make_it(tmp_path):
@@ -76,8 +77,8 @@ def test_missing_sensitivity_file_says_how_to_make_it(tmp_path):
 def test_per_layer_bits_and_size_constraint(tiny_model):
     model = tiny_model()
     quantize_(model, UniformRecipe(), PerLayerBits(layer_bits=[4, 2]))
-    assert model.bert.encoder.layer[0].intermediate.dense.weight_quantizer.bits == 4
-    assert model.bert.encoder.layer[1].attention.self.query.weight_quantizer.bits == 2
+    assert model.bert.encoder.layer[0].intermediate.dense.quantizer.bits == 4
+    assert model.bert.encoder.layer[1].attention.self.query.quantizer.bits == 2
     with pytest.raises(LowbitConfigError, match=r"above bit_assignment\.max_average_bits=3"):
         PerLayerBits(layer_bits=[4, 4], max_average_bits=3)
     with pytest.raises(LowbitConfigError, match=r"^bit_assignment\.layer_bits must be an integer in \[2, 8\]"):
@@ -85,5 +86,5 @@ def test_per_layer_bits_and_size_constraint(tiny_model):
 
 
 def test_per_layer_bits_too_short_for_the_model(tiny_model):
-    with pytest.raises(LowbitConfigError, match=r"^bit_assignment: 1 layer\(s\) assigned"):
+    with pytest.raises(LowbitConfigError, match=r"^bit_assignment assigns 1 layer\(s\) but the model has 2 encoder layers"):
         quantize_(tiny_model(), UniformRecipe(), PerLayerBits(layer_bits=[4]))

@@ -6,10 +6,15 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import TINY_RUN
-from lowbit.algorithms.ternarybert import (AdamCurvatureCallback, TernaryLATQuantizer, lat_exact_threshold_alpha, lat_threshold_alpha,
-                                          twn_threshold_alpha)
+
+from lowbit.algorithms.ternarybert import (
+    AdamCurvatureCallback,
+    TernaryLATQuantizer,
+    lat_exact_threshold_alpha,
+    lat_threshold_alpha,
+    twn_threshold_alpha,
+)
 from lowbit.pipeline import setup
 
 
@@ -91,19 +96,19 @@ def test_falls_back_to_twn_without_curvature_and_uses_it_when_set():
 
 def test_lat_reads_adams_second_moment_during_training(make_cfg):
     cfg = make_cfg([o for o in TINY_RUN if o != "trainer.fast_dev_run=true"] + [
-        "quantizer=ternary_lat", "bit_assignment.bits=2", "bit_assignment.word_embedding_bits=2",
+        "quantizer=ternary_lat", "bit_assignment.bits=2", "bit_assignment.word_embedding=2",
         "trainer.max_steps=3", "+trainer.limit_val_batches=1"])
     job = setup(cfg)
     layer = job.module.model.bert.encoder.layer[0].intermediate.dense
-    assert isinstance(layer.weight_quantizer, TernaryLATQuantizer)
+    assert isinstance(layer.quantizer, TernaryLATQuantizer)
     job.trainer.fit(job.module, datamodule=job.datamodule)
-    d_used = layer.weight_quantizer.curvature  # set by the callback before the last step
+    d_used = layer.quantizer.curvature  # set by the callback before the last step
     assert d_used is not None and d_used.shape == layer.weight.shape and torch.all(d_used > 0)
     emb = job.module.model.bert.embeddings.word_embeddings
-    assert emb.weight_quantizer.curvature is not None
+    assert emb.quantizer.curvature is not None
     # the callback's D is exactly sqrt(v / (1 - beta2^t)) + eps of the optimizer's own state
     opt = job.trainer.optimizers[0]
     AdamCurvatureCallback(eps=1e-8).on_train_batch_start(job.trainer, job.module, None, 0)
     state, beta2 = opt.state[layer.weight], opt.param_groups[0]["betas"][1]
     expected = (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt() + 1e-8
-    torch.testing.assert_close(layer.weight_quantizer.curvature, expected)
+    torch.testing.assert_close(layer.quantizer.curvature, expected)

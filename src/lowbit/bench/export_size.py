@@ -12,23 +12,26 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from transformers import BertConfig, BertForSequenceClassification
 
-from lowbit.algorithms.ternarybert import TernaryRecipe
+from lowbit.builder import build_model
+from lowbit.compose import compose_train
 from lowbit.export import export_packed
 from lowbit.export.__main__ import fp32_safetensors_bytes
-from lowbit.quant import quantize_, size_report, uniform_bits
+from lowbit.methods import METHOD_ORDER
+from lowbit.size import size_report
 
 
 def run(num_labels: int = 2) -> dict:
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=num_labels))  # bert-base-uncased shape
     fp32 = fp32_safetensors_bytes(model)
-    quantize_(model, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    q_cfg = {"_target_": "lowbit.algorithms.ternarybert.TernaryRecipe"}
-    b_cfg = {"_target_": "lowbit.quant.uniform_bits", "bits": 2, "word_embedding_bits": 2}
+    cfg = compose_train(["model=tiny", "data=sst2", "quantizer=ternary_twn", "bit_assignment=w2e2"], "logs/bench")
+    built = build_model(cfg, backbone=model, purpose="deploy")
+    configs = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in METHOD_ORDER}
     with tempfile.TemporaryDirectory() as d:
-        facts = export_packed(model, d, q_cfg, b_cfg)
+        facts = export_packed(model, d, configs, built.methods)
     return {"benchmark": "export_size", "model": "bert-base-uncased config, random weights",
             "params": sum(p.numel() for p in model.parameters()), "setting": "TernaryBERT 2-2-8",
             "fp32_safetensors_bytes": fp32, "packed_bytes": facts["weights_bytes"],
@@ -36,10 +39,15 @@ def run(num_labels: int = 2) -> dict:
             "paper_ratio": 14.9, "goal_ratio": 18.0}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m lowbit.bench export_size``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_results/export_size.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
     result = run()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

@@ -154,7 +154,8 @@ def run(model_name: str = "minilm_l6", n_batches: int = 2, batch_size: int = 16,
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m lowbit.bench hessian``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minilm_l6", help="model config option (minilm_l6, tiny, ...)")
     p.add_argument("--batches", type=int, default=2)
@@ -167,7 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", default=None, help="fine-tuned lowbit checkpoint (the issue's setting); default: pretrained")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best time of each is reported")
     p.add_argument("--out", default="bench_results/hessian.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
     try:
         result = run(a.model, a.batches, a.batch_size, a.seq_len, a.tol, a.max_iter, a.layers, a.threads,
                      a.checkpoint, a.repeats)

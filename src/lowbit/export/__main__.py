@@ -1,8 +1,10 @@
 """``python -m lowbit.export CKPT OUT``: pack a trained lowbit checkpoint.
 
 The run's composed config is read from ``<run dir>/.hydra/config.yaml`` (the checkpoint's
-``../..``), or ``--config``. Prints the artifact size beside the FP32 safetensors of the same
-model and writes ``OUT/size.json``.
+``../..``), or ``--config``. The model is rebuilt with every method of that config
+(``lowbit.builder``), the checkpoint loaded into it (every key, strictly), packed, reloaded with
+``load_packed`` and checked: the reloaded logits must equal the checkpoint's on a probe batch.
+Prints the artifact size beside the FP32 safetensors of the same model and writes ``OUT/size.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from lowbit.errors import LowbitConfigError, check
 from lowbit.export import export_packed, load_packed
+from lowbit.methods import METHOD_ORDER
 
 
 def fp32_safetensors_bytes(model: torch.nn.Module) -> int:
@@ -34,32 +36,56 @@ def fp32_safetensors_bytes(model: torch.nn.Module) -> int:
         return Path(f"{d}/m.safetensors").stat().st_size
 
 
-def export_checkpoint(ckpt: Path, out: Path, config: Path | None = None) -> dict:
-    from lowbit.methods import QuantizationMethod
-    from lowbit.models import ModelSpec
+def load_run_checkpoint(ckpt: Path, config: Path | None = None):
+    """(model rebuilt from the run's config with the checkpoint's weights, methods, cfg)."""
+    from lowbit.builder import build_model
 
     check(ckpt.is_file(), f"checkpoint {ckpt} not found")
     config = config or ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     check(config.is_file(), f"run config {config} not found (pass --config)")
     cfg = OmegaConf.load(config)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    num_labels = state["model.classifier.weight"].shape[0] if "model.classifier.weight" in state else \
-        state["model.classifier.out_proj.weight"].shape[0]
-    spec: ModelSpec = instantiate(cfg.model)
-    spec.init_checkpoint = None
-    model = spec.build(num_labels)
-    QuantizationMethod(instantiate(cfg.quantizer), instantiate(cfg.bit_assignment)).prepare(model)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else None
+    check(isinstance(state, dict), f"{ckpt} is not a lowbit checkpoint")
+    head = [k for k in ("model.classifier.weight", "model.classifier.out_proj.weight") if k in state]
+    check(head, f"{ckpt}: no classifier weights (not a lowbit checkpoint?)")
+    cfg.model.init_checkpoint = None
+    built = build_model(cfg, num_labels=state[head[0]].shape[0], purpose="deploy", weights="none")
     own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    missing, _ = model.load_state_dict(own, strict=False)
-    check(not [k for k in missing if "lowbit_attention" not in k], f"{ckpt}: missing weights {missing[:3]}")
-    q_cfg = OmegaConf.to_container(cfg.quantizer, resolve=True)
-    b_cfg = OmegaConf.to_container(cfg.bit_assignment, resolve=True)
-    facts = export_packed(model, out, q_cfg, b_cfg, tokenizer=spec.load_tokenizer())
+    missing, unexpected = built.model.load_state_dict(own, strict=False)
+    check(not missing and not unexpected, f"{ckpt}: does not match the run's methods "
+                                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return built.model.eval(), built.methods, cfg
+
+
+def probe_batch(model: torch.nn.Module, n: int = 4, length: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (n, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, length // 2:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def export_checkpoint(ckpt: Path, out: Path, config: Path | None = None) -> dict:
+    model, methods, cfg = load_run_checkpoint(ckpt, config)
+    method_cfgs = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in METHOD_ORDER}
+    tokenizer = None
+    try:
+        from lowbit.builder import build
+
+        tokenizer = build(cfg.model).load_tokenizer()
+    except LowbitConfigError:
+        pass  # the artifact is complete without it
+    facts = export_packed(model, out, method_cfgs, methods, tokenizer=tokenizer)
     facts["fp32_safetensors_bytes"] = fp32_safetensors_bytes(model)
     facts["ratio"] = facts["fp32_safetensors_bytes"] / facts["weights_bytes"]
-    (out / "size.json").write_text(json.dumps(facts, indent=2))
     reloaded = load_packed(out)
-    facts["reloaded_layers"] = sum(1 for m in reloaded.modules() if hasattr(m, "weight_quantizer"))
+    batch = probe_batch(model)
+    with torch.no_grad():
+        diff = (model(**batch).logits - reloaded(**batch).logits).abs().max().item()
+    facts["reload_max_abs_logit_diff"] = diff
+    check(diff == 0.0, f"export: reloaded logits differ from the checkpoint's by {diff:.3g}")
+    (out / "size.json").write_text(json.dumps(facts, indent=2))
     return facts
 
 
@@ -74,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     except LowbitConfigError as e:
         sys.exit(f"lowbit: error: {e}")
     print(f"packed {facts['packed_layers']} layers: {facts['weights_bytes'] / 1e6:.2f} MB vs FP32 "
-          f"{facts['fp32_safetensors_bytes'] / 1e6:.2f} MB ({facts['ratio']:.1f}x smaller) -> {a.out}")
+          f"{facts['fp32_safetensors_bytes'] / 1e6:.2f} MB ({facts['ratio']:.1f}x smaller), reloaded logits equal "
+          f"-> {a.out}")
     return facts
 
 

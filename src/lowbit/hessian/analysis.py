@@ -5,7 +5,9 @@ fine-tuned weights from ``hessian.checkpoint`` (a Lightning ckpt of ``Compressio
 whose state_dict holds the HF model under ``model.``), takes ``hessian.fraction`` of the
 training set, and writes per-block top eigenvalues to ``<checkpoint>.hessian.json`` (or
 ``hessian.out``). A JSON computed with the same options is reused unless ``hessian.force=true``.
-The per-layer table and bar chart go to W&B (offline without an API key).
+The per-layer table and bar chart go to W&B (offline without an API key). ``hessian.dry_run=true``
+parses the options, composes the config and checks the model spec, data files and checkpoint
+exist, then returns before loading any data or weights.
 """
 
 from __future__ import annotations
@@ -39,9 +41,14 @@ class HessianOptions:
     blocks: list[str] = field(default_factory=lambda: list(BLOCK_KINDS))
     summed: bool = True            # also the code's data-summed eigenvalue
     seed: int = 0
+    #: false (Q-BERT): the float fine-tuned model; true: the model with every method of the config
+    #: prepared (a quantized / pruned checkpoint's own Hessian, through the STE)
+    with_methods: bool = False
     out: str | None = None
     force: bool = False
     wandb_mode: str = "auto"
+    #: parse the options and compose the config, then return before loading data (nothing written)
+    dry_run: bool = False
 
     def __post_init__(self):
         check(0 < self.fraction <= 1, f"hessian.fraction must be in (0, 1], got {self.fraction!r}")
@@ -52,7 +59,7 @@ class HessianOptions:
         check(self.tol > 0, f"hessian.tol must be positive, got {self.tol!r}")
 
     def fingerprint(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "force", "wandb_mode")}
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "force", "wandb_mode", "dry_run")}
 
 
 def split_args(argv: list[str]) -> tuple[list[str], HessianOptions]:
@@ -105,13 +112,12 @@ def report_lines(blocks: dict[str, dict]) -> list[str]:
 
 
 def log_wandb(blocks: dict[str, dict], out: Path, mode: str, name: str) -> None:
-    import wandb
-
     from lowbit.tracking import resolve_wandb_mode
 
     mode = resolve_wandb_mode(mode)
     if mode == "disabled":
         return
+    import wandb  # seconds to import: only when it will be used
     columns = ["block", "kind", "layer", "numel", "mean", "std", "sensitivity", "summed", "negative"]
     rows = [[n, b["kind"], b["layer"], b["numel"], b["mean"], b["std"], b["sensitivity"], b["summed"], b["negative"]]
             for n, b in blocks.items()]
@@ -127,11 +133,13 @@ def log_wandb(blocks: dict[str, dict], out: Path, mode: str, name: str) -> None:
 
 
 def analyse(overrides: list[str], opts: HessianOptions, output_dir: str | Path | None = None) -> dict:
+    from lowbit.builder import build, build_model
     from lowbit.compose import compose_train
-    from lowbit.pipeline import build
 
     cfg = compose_train(overrides, output_dir or Path("logs") / "hessian")
     out = default_out(cfg, opts)
+    if opts.dry_run:
+        return _dry_run(cfg, opts, out)
     if out.is_file() and not opts.force:
         cached = json.loads(out.read_text())
         if cached.get("options") == opts.fingerprint():
@@ -142,7 +150,10 @@ def analyse(overrides: list[str], opts: HessianOptions, output_dir: str | Path |
     datamodule = build(cfg.data, tokenizer=model_spec.load_tokenizer())
     datamodule.check_sources()
     datamodule.setup("fit")
-    model = model_spec.build(datamodule.task.num_labels)
+    if opts.checkpoint:  # its weights replace the pretrained ones: build the architecture only
+        cfg.model.init_checkpoint = None
+    model = build_model(cfg, datamodule.task.num_labels, purpose="analysis",
+                        weights="none" if opts.checkpoint else "pretrained", with_methods=opts.with_methods).model
     if opts.checkpoint:
         load_finetuned(model, opts.checkpoint)
     batches = analysis_batches(datamodule, opts.fraction, opts.batch_size or cfg.data.batch_size, opts.max_batches,
@@ -162,6 +173,23 @@ def analyse(overrides: list[str], opts: HessianOptions, output_dir: str | Path |
     print("\n".join(lines))
     print(f"hessian: written to {out}")
     log_wandb(blocks, out, opts.wandb_mode, f"hessian-{cfg.task_name}")
+    return result
+
+
+def _dry_run(cfg, opts: HessianOptions, out: Path) -> dict:
+    """What ``analyse`` would use, built and checked without loading data or weights."""
+    from lowbit.builder import build, build_methods
+
+    model_spec = build(cfg.model)
+    datamodule = build(cfg.data, tokenizer=None)
+    datamodule.check_sources()
+    if opts.checkpoint:
+        check(Path(opts.checkpoint).exists(), f"hessian.checkpoint={opts.checkpoint!r} does not exist")
+    methods = build_methods(cfg) if opts.with_methods else {}
+    result = {"dry_run": True, "options": asdict(opts), "model": model_spec.name, "task": datamodule.task.name,
+              "methods": {g: m.option for g, m in methods.items()}, "out": str(out)}
+    print(f"hessian: dry run OK (model {model_spec.name}, task {datamodule.task.name}, blocks {opts.blocks}, "
+          f"{opts.method}; would write {out})")
     return result
 
 

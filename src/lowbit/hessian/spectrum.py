@@ -21,8 +21,8 @@ from torch import nn
 
 from lowbit.errors import check
 from lowbit.hessian.eigen import EigenResult, averaged_hvp, hvp_from_grads, top_eigenvalue
-from lowbit.quant.targets import find_targets
 from lowbit.registry import Registry
+from lowbit.roles import EMBEDDING_ROLES, ENCODER_LINEAR_ROLES, find_targets
 
 BLOCK_KINDS = ("layer", "module", "embedding")
 
@@ -47,8 +47,8 @@ def _layer_prefix(name: str, layer: int) -> str:
 
 def _layer_blocks(model: nn.Module) -> list[Block]:
     prefixes = {}
-    for t in find_targets(model):
-        if t.role in ("attention", "ffn") and t.layer is not None:
+    for t in find_targets(model, *ENCODER_LINEAR_ROLES):
+        if t.layer is not None:
             prefixes.setdefault(t.layer, _layer_prefix(t.name, t.layer))
     named = list(model.named_parameters())
     return [Block(f"layer.{i}", "layer", i, tuple(p for n, p in named if n.startswith(prefixes[i])))
@@ -57,15 +57,14 @@ def _layer_blocks(model: nn.Module) -> list[Block]:
 
 def _module_blocks(model: nn.Module) -> list[Block]:
     groups: dict[tuple[int, str], list[nn.Parameter]] = {}
-    for t in find_targets(model):
-        if t.role in ("attention", "ffn") and t.layer is not None:
-            groups.setdefault((t.layer, t.role), []).extend(t.module.parameters(recurse=False))
+    for t in find_targets(model, *ENCODER_LINEAR_ROLES):
+        if t.layer is not None:  # the Linear's own weight and bias (not its transforms' state)
+            groups.setdefault((t.layer, t.group), []).extend(t.module.parameters(recurse=False))
     return [Block(f"layer.{i}.{role}", "module", i, tuple(ps)) for (i, role), ps in sorted(groups.items())]
 
 
 def _embedding_blocks(model: nn.Module) -> list[Block]:
-    return [Block(t.role, "embedding", None, (t.module.weight,)) for t in find_targets(model)
-            if t.role.endswith("_embedding")]
+    return [Block(t.role, "embedding", None, (t.module.weight,)) for t in find_targets(model, *EMBEDDING_ROLES)]
 
 
 BLOCK_BUILDERS: Registry = Registry("hessian.blocks entry")

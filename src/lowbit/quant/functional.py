@@ -44,15 +44,34 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return ste(x, torch.round(x))
 
 
-def clip_ste(x: torch.Tensor, clip: float | None) -> torch.Tensor:
-    """Clamp to ±clip; gradient 1 inside, 0 outside (torch.clamp's own backward).
+class _ClipSTE(torch.autograd.Function):
+    """clamp(x, -c, c) forward; gradient 1 strictly inside (-c, c), 0 at and beyond ±c.
 
-    On CPU the clamp (and its 3-pass backward) is skipped when nothing exceeds the clip,
-    which is the common case for weights.
+    TernaryBERT's official quantizers zero the gradient where ``input.ge(clip)`` / ``input.le(-clip)``;
+    ``torch.clamp``'s own backward would pass it at exactly ±c.
     """
-    if clip is None or (x.is_cpu and bool(abs_max(x.reshape(1, -1)) <= clip)):
+
+    @staticmethod
+    def forward(ctx, x, clip: float):
+        inside = x.abs() < clip
+        ctx.save_for_backward(inside)
+        return x.clamp(-clip, clip)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None
+
+
+def clip_ste(x: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """Clamp to ±clip; gradient 1 strictly inside, 0 at and beyond the clip (the official code's STE).
+
+    On CPU the clamp (and its backward) is skipped when every value lies strictly inside the
+    clip, which is the common case for weights.
+    """
+    if clip is None or (x.is_cpu and bool(abs_max(x.reshape(1, -1)) < clip)):
         return x
-    return x.clamp(-clip, clip)
+    return _ClipSTE.apply(x, float(clip))
 
 
 def check_bits(bits: int, option: str = "bits", low: int = 2, high: int = 8) -> None:
@@ -61,24 +80,31 @@ def check_bits(bits: int, option: str = "bits", low: int = 2, high: int = 8) -> 
 
 
 def _round_to_grid(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
-                   qmin: int, qmax: int) -> torch.Tensor:
-    """``(clamp(round(x/s + z), qmin, qmax) - z)·s`` without autograd.
+                   qmin, qmax) -> torch.Tensor:
+    """``(clamp(round(x·(1/s) + z), qmin, qmax) − z)·s`` without autograd: the one grid definition.
 
-    Callers guarantee x lies inside the grid's range (they clamp first), so on CPU a
-    single-range 8-bit-or-less grid can use PyTorch's vectorised int8 quantize /
-    dequantize (about 4x faster than elementwise ops; PyTorch's fused fake-quant
-    kernels run single-threaded on CPU and are slower still).
+    The code is ``round(fma(x, 1/s, z))`` in float32 (the float reciprocal, one fused multiply-add,
+    round half to even): the formula of ``torch.quantize_per_tensor`` and of I-BERT's
+    ``linear_quantize``, so every path (CPU int8 kernel, CPU elementwise, CUDA) gives the same codes. ``qmin``/``qmax`` may be per-group tensors ([G, 1]). On CPU, a per-tensor grid that is
+    exactly an int8 type's range ([0, 255] asymmetric, [-127, 127] symmetric after the callers'
+    clamp) uses PyTorch's vectorised quantize/dequantize (about 4x faster than elementwise ops;
+    identical codes, tested); any other grid (k < 8 bits) is clamped elementwise, because the int8
+    types clamp at 255/127, not at 2^k - 1.
     """
-    if (x.is_cpu and x.dtype == torch.float32 and scale.numel() == 1 and qmax - qmin <= 255
+    full_range = (isinstance(qmin, int) and isinstance(qmax, int)
+                  and ((qmin, qmax) == (0, 255) and zero_point is not None
+                       or (qmin, qmax) == (-127, 127) and zero_point is None))
+    if (full_range and x.is_cpu and x.dtype == torch.float32 and scale.numel() == 1
             and hasattr(torch, "quantize_per_tensor")):
-        signed = qmin < 0
         z = torch.zeros((), dtype=torch.long) if zero_point is None else zero_point.reshape(()).long()
-        q = torch.quantize_per_tensor(x, scale.reshape(()).double(), z, torch.qint8 if signed else torch.quint8)
+        q = torch.quantize_per_tensor(x, scale.reshape(()).double(), z, torch.qint8 if qmin < 0 else torch.quint8)
         return q.dequantize()
-    q = x / scale
-    if zero_point is not None:
-        q.add_(zero_point)
-    q.round_().clamp_(qmin, qmax)
+    inv = scale.reciprocal()
+    # x·(1/s) + z in one fused multiply-add, as the int8 kernels (and CUDA) compute it: two roundings
+    # (multiply, then add) land a few codes per million on the other side of a .5 tie
+    q = x * inv if zero_point is None else torch.addcmul(zero_point, x, inv)
+    q.round_()
+    q = torch.maximum(torch.minimum(q, qmax), qmin) if isinstance(qmin, torch.Tensor) else q.clamp_(qmin, qmax)
     if zero_point is not None:
         q.sub_(zero_point)
     return q.mul_(scale)
@@ -148,16 +174,27 @@ def asymmetric_params(grouped: torch.Tensor, bits: int) -> tuple[torch.Tensor, t
 
 
 def fake_quant_asymmetric(grouped: torch.Tensor, bits: int,
-                          params: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                          params: tuple[torch.Tensor, torch.Tensor] | None = None,
+                          bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Asymmetric min/max fake-quant of a ``[G, N]`` view: at most 2^b levels per group.
 
     ``params=None``: range from this tensor (nothing saturates); given (static EMA)
-    params may saturate, and saturated values get zero gradient.
+    params may saturate, and saturated values get zero gradient. ``bounds=(lo, hi)`` (an
+    activation clip) keeps only the codes whose values lie inside it: the rounded zero point
+    shifts the grid by up to half a step, and a value at the clip must not come back beyond it.
     """
     qmax = 2**bits - 1
     if params is None:
         scale, zero_point = asymmetric_params(grouped, bits)
     else:
         scale, zero_point = params[0].reshape(-1, 1), params[1].reshape(-1, 1)
-        grouped = torch.clamp(grouped, -zero_point * scale, (qmax - zero_point) * scale)
-    return _RoundToGridSTE.apply(grouped, scale, zero_point, 0, qmax)
+        low, high = -zero_point * scale, (qmax - zero_point) * scale
+        if bounds is not None:  # saturate (zero gradient) at the clip too, not only at the grid's ends
+            low, high = low.clamp(min=bounds[0]), high.clamp(max=bounds[1])
+        grouped = torch.clamp(grouped, low, high)
+    qmin_t, qmax_t = 0, qmax
+    if bounds is not None:
+        inv = scale.reciprocal()
+        qmin_t = torch.ceil(zero_point + bounds[0] * inv).clamp(0, qmax)
+        qmax_t = torch.floor(zero_point + bounds[1] * inv).clamp(0, qmax)
+    return _RoundToGridSTE.apply(grouped, scale, zero_point, qmin_t, qmax_t)

@@ -1,24 +1,37 @@
-"""The ``quantizer`` config group: which quantizer a module gets at a given bit-width.
+"""The ``quantizer`` config group: which quantizer a weight gets at the bit-width planned for it.
 
-A recipe is a small dataclass with explicit fields (what the YAML option sets).
-``weight_quantizer(target, bits)`` returns the module's weight quantizer;
-``activation(site)`` returns an activation quantizer for a site or ``None``.
-Sites: ``linear_input`` (input of every quantized Linear), ``query``, ``key``,
-``value`` and ``attention_probs`` (inside self-attention).
+A recipe is a method (``QuantRecipe``) with explicit fields (what the YAML option sets). Its
+``prepare`` reads ``edit.plan["bits"]`` (written by ``bit_assignment``), builds every weight
+quantizer and validates it against its weight *before changing anything*, then adds each as the
+``quantizer`` transform of that layer's chain, and the activation quantizers to the input slot of
+quantized Linears and to the attention slots. Sites: ``linear_input``, ``query``, ``key``,
+``value`` and ``attention_probs``.
+
+A Linear that ``bit_assignment`` leaves float (the pooler with ``pooler: null``, say) gets no
+input quantizer unless ``activation.float_layers: quantize``; the summary says how many were
+skipped (``quantizer/activation_skipped_float_linears``). The classifier is never touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from torch import nn
 
 from lowbit.errors import check
+from lowbit.methods import Method
 from lowbit.quant.granularity import Granularity, make_granularity
 from lowbit.quant.quantizers import ActivationQuantizer, UniformWeightQuantizer, WeightQuantizer
-from lowbit.quant.targets import Target
+from lowbit.roles import EMBEDDING_ROLES, WEIGHT_ROLES, Target
+
+log = logging.getLogger(__name__)
 
 ACTIVATION_SITES = ("linear_input", "query", "key", "value", "attention_probs")
-EMBEDDING_ROLES = ("word_embedding", "position_embedding", "token_type_embedding")
+FLOAT_LAYER_POLICIES = ("skip", "quantize")
+#: attention site -> hooks slot
+ATTENTION_SITE_SLOTS = {"query": "query", "key": "key", "value": "value", "attention_probs": "probs"}
 
 
 @dataclass
@@ -31,25 +44,39 @@ class ActivationSpec:
     clip: float | None = 2.5
     momentum: float = 0.99
     sites: Sequence[str] = ACTIVATION_SITES
+    #: inputs of Linear layers bit_assignment leaves float: skip (default) or quantize
+    float_layers: str = "skip"
 
     def __post_init__(self):
         self.sites = tuple(self.sites)
         bad = [s for s in self.sites if s not in ACTIVATION_SITES]
         check(not bad, f"quantizer.activation.sites has unknown site(s) {bad}; known: {list(ACTIVATION_SITES)}")
+        check(self.float_layers in FLOAT_LAYER_POLICIES,
+              f"quantizer.activation.float_layers must be one of {FLOAT_LAYER_POLICIES}, got {self.float_layers!r}")
         if self.bits is not None:
-            ActivationQuantizer(self.bits, self.symmetric, self.mode, self.clip, self.momentum)  # validates
+            self.build()  # validates bits, mode, clip, momentum
 
-    def build(self, site: str) -> ActivationQuantizer | None:
-        if self.bits is None or site not in self.sites:
-            return None
+    def build(self) -> ActivationQuantizer:
         return ActivationQuantizer(self.bits, self.symmetric, self.mode, self.clip, self.momentum)
 
+    def active_sites(self) -> tuple[str, ...]:
+        return () if self.bits is None else tuple(self.sites)
 
-def _activation(spec: ActivationSpec | Mapping | None) -> ActivationSpec | None:
+
+def as_activation_spec(spec: ActivationSpec | Mapping | None) -> ActivationSpec | None:
     return ActivationSpec(**spec) if isinstance(spec, Mapping) else spec
 
 
-class QuantRecipe:
+@dataclass
+class QuantizationReport:
+    quantized: dict[str, str] = field(default_factory=dict)  # name -> "role@bits"
+    float_kept: list[str] = field(default_factory=list)
+    attention_sites: list[str] = field(default_factory=list)
+    activation_inputs: list[str] = field(default_factory=list)
+    activation_skipped_float: list[str] = field(default_factory=list)
+
+
+class QuantRecipe(Method):
     """Base recipe: subclasses implement ``weight_quantizer``."""
 
     activation: ActivationSpec | None = None
@@ -58,21 +85,61 @@ class QuantRecipe:
     def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:
         raise NotImplementedError
 
-    def callbacks(self) -> list:
-        """Lightning callbacks the quantizers need (e.g. LAT reads Adam's second moment)."""
-        return []
-
-    def activation_sites(self) -> tuple[str, ...]:
+    def prepare(self, model: nn.Module, edit) -> None:
+        self.report = report = QuantizationReport()
+        if not self.enabled:
+            return
+        plan: dict[str, int | None] | None = edit.plan.get("bits")
+        check(plan is not None, f"{self.label}: no bit plan (bit_assignment must prepare before the quantizer)")
+        planned: list[tuple[Target, WeightQuantizer, int]] = []
+        for target in edit.targets(*WEIGHT_ROLES):
+            bits = None if target.role == "classifier" else plan.get(target.name)
+            if bits is None:
+                report.float_kept.append(target.name)
+                continue
+            quantizer = self.weight_quantizer(target, bits)
+            quantizer.validate(target.module.weight, target.name)
+            planned.append((target, quantizer, bits))
+        for target, quantizer, bits in planned:  # everything validated: now change the model
+            edit.add_weight_transform(target, quantizer)
+            report.quantized[target.name] = f"{target.role}@{bits}"
         spec = self.activation
-        return () if spec is None or spec.bits is None else tuple(spec.sites)
+        if spec is None or spec.bits is None:
+            return
+        if "linear_input" in spec.sites:
+            quantized = {t.name for t, _, _ in planned}
+            for target in edit.targets(*WEIGHT_ROLES):
+                if not isinstance(target.module, nn.Linear) or target.role == "classifier":
+                    continue
+                if target.name in quantized or spec.float_layers == "quantize":
+                    edit.add_input_transform(target, spec.build())
+                    report.activation_inputs.append(target.name)
+                else:
+                    report.activation_skipped_float.append(target.name)
+            if report.activation_skipped_float:
+                log.info("quantizer: no input quantizer on %d Linear layer(s) bit_assignment leaves float (%s); "
+                         "quantizer.activation.float_layers=quantize adds them", len(report.activation_skipped_float),
+                         ", ".join(report.activation_skipped_float[:3]))
+        active = [s for s in spec.active_sites() if s in ATTENTION_SITE_SLOTS]
+        if active:
+            for target, _ in edit.self_attention():
+                for site in active:
+                    edit.add_attention_transform(target, ATTENTION_SITE_SLOTS[site], spec.build())
+                    report.attention_sites.append(f"{target.name}.{site}")
 
-    def build_activation(self, site: str) -> ActivationQuantizer | None:
-        return self.activation.build(site) if self.activation is not None else None
+    def summary(self) -> dict[str, Any]:
+        report = getattr(self, "report", None)
+        if report is None or not self.enabled:
+            return {}
+        return {"quantized_modules": len(report.quantized), "float_modules": len(report.float_kept),
+                "activation_inputs": len(report.activation_inputs),
+                "activation_skipped_float_linears": len(report.activation_skipped_float),
+                "attention_act_sites": len(report.attention_sites)}
 
 
 @dataclass
 class NoQuantization(QuantRecipe):
-    """``quantizer=none``: full precision; bit assignment is ignored."""
+    """``quantizer=none``: full precision; the bit plan is ignored."""
 
     enabled = False
 
@@ -93,7 +160,7 @@ class UniformRecipe(QuantRecipe):
     activation: ActivationSpec | dict | None = None
 
     def __post_init__(self):
-        self.activation = _activation(self.activation)
+        self.activation = as_activation_spec(self.activation)
         self._linear_granularity: Granularity = make_granularity(self.granularity, self.n_groups, self.group_axis)
         check(self.embedding_granularity in ("per_tensor", "per_row"),
               f"quantizer.embedding_granularity must be per_tensor or per_row, got {self.embedding_granularity!r}")

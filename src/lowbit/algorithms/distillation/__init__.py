@@ -16,30 +16,36 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from lowbit.algorithms.distillation.losses import (LOGIT_LOSSES, attention_score_mse, hidden_mse, kl_divergence,
-                                                   soft_cross_entropy)
+from lowbit.algorithms.distillation.losses import (
+    LOGIT_LOSSES,
+    attention_score_mse,
+    hidden_mse,
+    kl_divergence,
+    soft_cross_entropy,
+)
+from lowbit.edit import ModelEditor
 from lowbit.errors import check
 from lowbit.methods import Method
-from lowbit.quant.attention import attention_hooks, enable_lowbit_attention
-from lowbit.quant.targets import find_self_attention
 
-__all__ = ["Distillation", "attention_score_mse", "hidden_mse", "kl_divergence", "soft_cross_entropy"]
+__all__ = ["Distillation", "ScoreCapture", "attention_score_mse", "hidden_mse", "kl_divergence", "soft_cross_entropy"]
 
 
-class _ScoreCapture:
-    """Collects each layer's pre-softmax scores (and padding mask) during one forward.
+class ScoreCapture(nn.Module):
+    """A score observer: collects each layer's pre-softmax scores (and padding mask) during one forward.
 
-    The student's capture records only graph-carrying scores (training forwards), so
-    validation never stores anything; the teacher's is switched on around its forward.
+    One instance is shared by every layer of a model (a plain attribute holder, no state_dict).
+    The student's capture records only graph-carrying scores (training forwards), so validation
+    never stores anything; the teacher's is switched on around its forward.
     """
 
     def __init__(self, only_with_grad: bool):
+        super().__init__()
         self.scores: list[torch.Tensor] = []
         self.masks: list[torch.Tensor | None] = []
         self.only_with_grad = only_with_grad
         self.active = False
 
-    def __call__(self, scores: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    def forward(self, scores: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         if scores.requires_grad if self.only_with_grad else self.active:
             self.scores.append(scores)
             self.masks.append(None if attention_mask is None else attention_mask <= -1e2)
@@ -65,29 +71,35 @@ class Distillation(Method):
         self.task_loss_weight = hard_label_weight
         self.logits_loss, self.temperature = logits_loss, temperature
         self.teacher: nn.Module | None = None
-        self._student_scores, self._teacher_scores = _ScoreCapture(only_with_grad=True), _ScoreCapture(False)
+        self._student_scores, self._teacher_scores = ScoreCapture(only_with_grad=True), ScoreCapture(False)
+        self.last_terms: set[str] = set()
 
-    def check_ready(self, has_finetuned_weights: bool) -> None:
-        check(has_finetuned_weights, "distillation needs a fine-tuned teacher: set model.init_checkpoint=PATH "
+    def check_ready(self, run) -> None:
+        if run.purpose != "train":
+            return
+        check(run.has_finetuned_weights, "distillation needs a fine-tuned teacher: set model.init_checkpoint=PATH "
                                      "or finetune.epochs>0 (fine-tune it first in this run)")
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, edit) -> None:
+        if edit.purpose != "train":  # a deployed / analysed model needs no teacher
+            return
+        # the teacher is a copy taken before any other method's surgery (distillation prepares first)
         self.teacher = copy.deepcopy(model).eval()
         self.teacher.requires_grad_(False)
         if self.attention_weight > 0:
-            for net, capture in ((model, self._student_scores), (self.teacher, self._teacher_scores)):
-                for _, attn in find_self_attention(net):
-                    attention_hooks(attn).score_observers.append(capture)
-                enable_lowbit_attention(net)
-        return model
+            teacher_edit = ModelEditor(self.teacher, edit.purpose)
+            teacher_edit.group = edit.group
+            for net_edit, capture in ((edit, self._student_scores), (teacher_edit, self._teacher_scores)):
+                for target, _ in net_edit.self_attention():
+                    net_edit.add_attention_transform(target, "score_observers", capture)
 
-    def forward_kwargs(self) -> dict[str, Any]:
-        return {"output_hidden_states": True} if self.hidden_weight > 0 else {}
+    def forward_kwargs(self, mode: str) -> dict[str, Any]:
+        return {"output_hidden_states": True} if mode == "train" and self.hidden_weight > 0 else {}
 
     def loss_terms(self):
         return [self.losses]
 
-    def losses(self, student_out: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def losses(self, student_out: Any, batch: Mapping[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         teacher = self.teacher
         device = student_out.logits.device
         if next(teacher.parameters()).device != device:
@@ -95,7 +107,7 @@ class Distillation(Method):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         self._teacher_scores.active = self.attention_weight > 0
         with torch.no_grad():
-            teacher_out = teacher(**inputs, **self.forward_kwargs())
+            teacher_out = teacher(**inputs, **self.forward_kwargs("train"))
         self._teacher_scores.active = False
         s_scores, s_masks = self._student_scores.take()
         t_scores, _ = self._teacher_scores.take()
@@ -112,7 +124,12 @@ class Distillation(Method):
         if self.attention_weight > 0:
             check(len(s_scores) == len(t_scores) > 0, "attention distillation captured no scores")
             losses["attn"] = self.attention_weight * attention_score_mse(s_scores, t_scores, s_masks)
+        self.last_terms = set(losses)
         return losses
 
+    def convert(self, model: nn.Module, backend: str) -> nn.Module:
+        self.teacher = None  # a deployed model carries no teacher
+        return model
+
     def summary(self) -> dict[str, Any]:
-        return {"teacher_frozen": self.teacher is not None and not any(p.requires_grad for p in self.teacher.parameters())}
+        return {"loss_terms": ",".join(sorted(self.last_terms)), "teacher_frozen": self.teacher is not None and not any(p.requires_grad for p in self.teacher.parameters())}

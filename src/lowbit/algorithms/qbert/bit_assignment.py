@@ -6,7 +6,8 @@ under a budget (average weight bits, or encoder weight megabytes): every layer s
 lowest choice and layers are raised one level at a time, most sensitive first, while the budget
 holds (stopping at the first that does not fit keeps bits non-increasing in sensitivity).
 ``PerLayerBits`` takes the per-layer bits directly (an Optuna search space) with an optional
-size constraint. Embeddings and pooler have their own fields, as in ``PerModuleBits``.
+size constraint. Both are ``LayerwiseBits`` (``lowbit.quant.bit_assignment``): the common keys
+(``bits``, embeddings, pooler) are validated there, once.
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit.errors import check
-from lowbit.quant.bit_assignment import _check
-from lowbit.quant.targets import Target
+from lowbit.quant.bit_assignment import BitAssignment, LayerwiseBits, check_bits
 
-#: roles whose bits come from the layer assignment; everything else has its own field
-LAYER_ROLES = ("attention", "ffn")
 BUDGET_KINDS = ("average_bits", "size_mb")
 METRICS = ("sensitivity", "mean", "summed")
 
@@ -65,41 +63,7 @@ def assign_layer_bits(sensitivity: Sequence[float], numel: Sequence[int], choice
 
 
 @dataclass
-class _LayerBitsBase:
-    word_embedding: int | None = 8
-    position_embedding: int | None = 8
-    token_type_embedding: int | None = None
-    embedding_projection: int | None = 8
-    pooler: int | None = 8
-
-    def _check_module_fields(self) -> None:
-        for option in ("word_embedding", "position_embedding", "token_type_embedding", "embedding_projection", "pooler"):
-            _check(option, getattr(self, option))
-
-    def layer_assignment(self) -> list[int | None]:
-        raise NotImplementedError
-
-    def bits_for(self, target: Target) -> int | None:
-        if target.role not in LAYER_ROLES:
-            return getattr(self, target.role, None)
-        layers = self.layer_assignment()
-        check(target.layer is not None and target.layer < len(layers),
-              f"bit_assignment: {len(layers)} layer(s) assigned but the model has {target.name} (layer {target.layer})")
-        return layers[target.layer]
-
-    def average_linear_bits(self) -> float:
-        used = [b for b in self.layer_assignment() if b is not None]
-        return sum(used) / len(used) if used else 32.0
-
-    def describe(self) -> dict[str, int | str | None]:
-        """The bits chosen, for the run summary: which layer got what is the point of a mixed run."""
-        fields = ("word_embedding", "position_embedding", "token_type_embedding", "embedding_projection", "pooler")
-        layers = ",".join("float" if b is None else str(b) for b in self.layer_assignment())
-        return {"layer_bits": layers, **{f: getattr(self, f) for f in fields}}
-
-
-@dataclass
-class HessianBits(_LayerBitsBase):
+class HessianBits(LayerwiseBits):
     """Hessian-ranked mixed precision (Q-BERT-MP). Set ``sensitivity_file`` or ``sensitivities``."""
 
     sensitivity_file: str | None = None
@@ -110,14 +74,13 @@ class HessianBits(_LayerBitsBase):
     budget: float = 2.5
     layer_bits: list[int] = field(init=False, default_factory=list)
 
-    def __post_init__(self):
-        self._check_module_fields()
+    def validate(self) -> None:
         check(self.metric in METRICS, f"bit_assignment.metric must be one of {METRICS}, got {self.metric!r}")
         check(self.budget_kind in BUDGET_KINDS,
               f"bit_assignment.budget_kind must be one of {BUDGET_KINDS}, got {self.budget_kind!r}")
         check(len(list(self.bit_choices or [])) >= 1, "bit_assignment.bit_choices must list at least one bit-width")
         for b in self.bit_choices:
-            _check("bit_choices", b)
+            check_bits("bit_choices", b)
         check((self.sensitivity_file is None) != (self.sensitivities is None),
               "bit_assignment: set exactly one of sensitivity_file and sensitivities")
         if self.sensitivities is not None:
@@ -129,9 +92,14 @@ class HessianBits(_LayerBitsBase):
     def layer_assignment(self) -> list[int | None]:
         return list(self.layer_bits)
 
+    def frozen_config(self, cfg: dict) -> dict:
+        """A deployed model replays the assignment, not the Hessian file (which may be gone)."""
+        keep = {k: cfg[k] for k in BitAssignment.BIT_FIELDS if k in cfg}
+        return {"_target_": "lowbit.algorithms.qbert.PerLayerBits", **keep, "layer_bits": list(self.layer_bits)}
+
 
 @dataclass
-class PerLayerBits(_LayerBitsBase):
+class PerLayerBits(LayerwiseBits):
     """Bits per encoder layer (Linear weights of attention and FFN), e.g. set per layer by a sweeper.
 
     ``max_average_bits`` is a size constraint: an assignment above it stops the run with a config
@@ -141,12 +109,11 @@ class PerLayerBits(_LayerBitsBase):
     layer_bits: list[int | None] = field(default_factory=lambda: [8] * 6)
     max_average_bits: float | None = None
 
-    def __post_init__(self):
-        self._check_module_fields()
+    def validate(self) -> None:
         self.layer_bits = list(self.layer_bits)
         check(len(self.layer_bits) >= 1, "bit_assignment.layer_bits must list one entry per encoder layer")
         for b in self.layer_bits:
-            _check("layer_bits", b)
+            check_bits("layer_bits", b)
         if self.max_average_bits is not None:
             avg = self.average_linear_bits()
             check(avg <= self.max_average_bits, f"bit_assignment.layer_bits {self.layer_bits} average {avg:.3g} bits, "

@@ -10,17 +10,13 @@ columns in every matrix.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from lowbit.errors import check
 from lowbit.quant.granularity import BlockGroup, Granularity, Group, make_granularity
 from lowbit.quant.quantizers import UniformWeightQuantizer, WeightQuantizer
-from lowbit.quant.recipes import EMBEDDING_ROLES, ActivationSpec, QuantRecipe, _activation
-from lowbit.quant.targets import Target
-
-#: attention output projections, whose head slices are input columns (BERT/RoBERTa, ALBERT)
-HEAD_INPUT_PROJECTION = re.compile(r"attention\.(output\.dense|dense)$")
+from lowbit.quant.recipes import ActivationSpec, QuantRecipe, as_activation_spec
+from lowbit.roles import EMBEDDING_ROLES, Target
 
 
 def output_groups(n_groups: int, num_heads: int, heads_on_input: bool) -> Granularity:
@@ -50,7 +46,7 @@ class GroupwiseRecipe(QuantRecipe):
     activation: ActivationSpec | dict | None = None
 
     def __post_init__(self):
-        self.activation = _activation(self.activation)
+        self.activation = as_activation_spec(self.activation)
         check((self.n_groups is None) != (self.groups_per_head is None),
               f"quantizer: set exactly one of n_groups and groups_per_head, got n_groups={self.n_groups!r}, "
               f"groups_per_head={self.groups_per_head!r}")
@@ -72,7 +68,7 @@ class GroupwiseRecipe(QuantRecipe):
             return self._embedding_granularity
         if self.axis == "input":
             return Group(n_groups=self.groups, axis="input")
-        heads_on_input = target.role == "attention" and bool(HEAD_INPUT_PROJECTION.search(target.name))
+        heads_on_input = target.role == "attention.output"
         return output_groups(self.groups, self.num_attention_heads, heads_on_input)
 
     def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:

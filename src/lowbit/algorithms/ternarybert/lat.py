@@ -18,9 +18,9 @@ from torch import nn
 
 from lowbit.algorithms.ternarybert.twn import TernaryTWNQuantizer, ternarize, twn_threshold_alpha
 from lowbit.errors import check
+from lowbit.layers import lowbit_layers
 from lowbit.quant import functional as Fq
 from lowbit.quant.granularity import Granularity, PerTensor
-from lowbit.quant.quantizers import WEIGHT_QUANTIZERS
 
 
 def lat_exact_threshold_alpha(grouped: torch.Tensor, curvature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,8 @@ def lat_exact_threshold_alpha(grouped: torch.Tensor, curvature: torch.Tensor) ->
 
 
 def lat_threshold_alpha(grouped: torch.Tensor, curvature: torch.Tensor, iterations: int = 5,
-                        threshold_factor: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+                        threshold_factor: float = 0.7,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group (Δ, α) for Σ D (α b − w)² by alternating minimisation from TWN's solution.
 
     Each alternation can only lower the objective; it stops at a fixed point, which may be a
@@ -51,7 +52,7 @@ def lat_threshold_alpha(grouped: torch.Tensor, curvature: torch.Tensor, iteratio
     """
     w = grouped.detach().abs()
     d = curvature.detach()
-    delta, alpha = twn_threshold_alpha(grouped, threshold_factor)  # TWN start
+    delta, alpha = twn_threshold_alpha(grouped, threshold_factor, mask)  # TWN start
     for _ in range(iterations):
         kept = (w > delta).to(w.dtype)
         alpha = (d * w * kept).sum(1, keepdim=True) / (d * kept).sum(1, keepdim=True).clamp_min(1e-12)
@@ -59,7 +60,6 @@ def lat_threshold_alpha(grouped: torch.Tensor, curvature: torch.Tensor, iteratio
     return delta, alpha
 
 
-@WEIGHT_QUANTIZERS.register("ternary_lat")
 class TernaryLATQuantizer(TernaryTWNQuantizer):
     """Ternary weights with α and threshold from the D-weighted objective (TWN until D is known)."""
 
@@ -73,24 +73,35 @@ class TernaryLATQuantizer(TernaryTWNQuantizer):
         #: D = sqrt(v_hat) + eps for the weight, set each training step by AdamCurvatureCallback
         self.curvature: torch.Tensor | None = None
 
-    def _quantize_with(self, grouped: torch.Tensor, curvature: torch.Tensor | None) -> torch.Tensor:
-        clipped = Fq.clip_ste(grouped, self.clip)
+    def threshold_alpha(self, grouped: torch.Tensor, mask: torch.Tensor | None,
+                        curvature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if curvature is None:
-            delta, alpha = twn_threshold_alpha(clipped, self.threshold_factor)
-        elif self.solver == "exact":
-            delta, alpha = lat_exact_threshold_alpha(clipped, curvature)
-        else:
-            delta, alpha = lat_threshold_alpha(clipped, curvature, self.iterations, self.threshold_factor)
+            return twn_threshold_alpha(grouped, self.threshold_factor, mask)
+        if self.solver == "exact":
+            return lat_exact_threshold_alpha(grouped, curvature)  # pruned zeros are never worth keeping
+        return lat_threshold_alpha(grouped, curvature, self.iterations, self.threshold_factor, mask)
+
+    def _grouped_curvature(self, g: Granularity) -> torch.Tensor | None:
+        return None if self.curvature is None else g.to_groups(self.curvature)
+
+    def _ternarize(self, grouped: torch.Tensor, mask: torch.Tensor | None, curvature: torch.Tensor | None):
+        clipped = Fq.clip_ste(grouped, self.clip)
+        delta, alpha = self.threshold_alpha(clipped, mask, curvature)
         return ternarize(clipped, delta, alpha)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         g = self.granularity
-        d = None if self.curvature is None else g.to_groups(self.curvature)
-        return g.from_groups(self._quantize_with(g.to_groups(weight), d), weight.shape)
+        grouped_mask = None if mask is None else g.to_groups(mask)
+        return g.from_groups(self._ternarize(g.to_groups(weight), grouped_mask, self._grouped_curvature(g)),
+                             weight.shape)
 
-    def forward_rows(self, rows: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+    def forward_rows(self, rows: torch.Tensor, row_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         d = None if self.curvature is None else self.curvature[row_ids.reshape(-1)]
-        return self._quantize_with(rows, d)
+        return self._ternarize(rows, mask, d)
+
+    def cache_key(self) -> tuple:
+        c = self.curvature
+        return (None,) if c is None else (id(c), c._version)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", solver={self.solver}, iterations={self.iterations}"
@@ -102,27 +113,25 @@ class AdamCurvatureCallback(pl.Callback):
     def __init__(self, eps: float = 1e-8):
         self.eps = eps
 
+    @staticmethod
+    def lat_layers(module: nn.Module):
+        for _, layer in lowbit_layers(module):
+            if isinstance(layer.quantizer, TernaryLATQuantizer):
+                yield layer
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         optimizer = trainer.optimizers[0]
         betas = {id(p): group["betas"][1] for group in optimizer.param_groups for p in group["params"]}
-        for module in pl_module.modules():
-            quantizer = getattr(module, "weight_quantizer", None)
-            if not isinstance(quantizer, TernaryLATQuantizer):
-                continue
-            state = optimizer.state.get(module.weight, {})
+        for layer in self.lat_layers(pl_module):
+            state = optimizer.state.get(layer.weight, {})
             if "exp_avg_sq" not in state:
-                quantizer.curvature = None  # first step: TWN
+                layer.quantizer.curvature = None  # first step (or a frozen weight): TWN
                 continue
             step = float(state["step"])
-            v_hat = state["exp_avg_sq"] / (1 - betas[id(module.weight)] ** step)
-            quantizer.curvature = v_hat.sqrt().add_(self.eps)
+            v_hat = state["exp_avg_sq"] / (1 - betas[id(layer.weight)] ** step)
+            layer.quantizer.curvature = v_hat.sqrt().add_(self.eps)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        for module in pl_module.modules():  # eval/export use the last D; drop the reference to optimizer memory
-            quantizer = getattr(module, "weight_quantizer", None)
-            if isinstance(quantizer, TernaryLATQuantizer) and quantizer.curvature is not None:
-                quantizer.curvature = quantizer.curvature.clone()
-
-
-def is_lat(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "weight_quantizer", None), TernaryLATQuantizer)
+        for layer in self.lat_layers(pl_module):  # eval/export use the last D; drop the optimizer's memory
+            if layer.quantizer.curvature is not None:
+                layer.quantizer.curvature = layer.quantizer.curvature.clone()

@@ -1,25 +1,30 @@
-"""TernaryBERT weight ternarization (TWN) and its quantizer recipe."""
+"""TernaryBERT weight ternarization (TWN)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
 from lowbit.errors import check
 from lowbit.quant import functional as Fq
-from lowbit.quant.granularity import Granularity, PerTensor, make_granularity
-from lowbit.quant.quantizers import WEIGHT_QUANTIZERS, UniformWeightQuantizer, WeightQuantizer
-from lowbit.quant.recipes import ActivationSpec, QuantRecipe, _activation
-from lowbit.quant.targets import Target
+from lowbit.quant.granularity import Granularity, PerTensor
+from lowbit.quant.quantizers import QParams, WeightQuantizer
 
 
-def twn_threshold_alpha(grouped: torch.Tensor, threshold_factor: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
-    """TWN per group: Δ = 0.7·mean|W|, α = mean of |W| over entries with |W| > Δ."""
+def twn_threshold_alpha(grouped: torch.Tensor, threshold_factor: float = 0.7,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN per group: Δ = 0.7·mean|W|, α = mean of |W| over entries with |W| > Δ.
+
+    With a pruning ``mask`` the mean runs over the surviving weights only (pruned zeros would
+    otherwise pull Δ down).
+    """
     a = grouped.detach().abs()
-    delta = threshold_factor * a.mean(dim=1, keepdim=True)
-    mask = a > delta
-    alpha = (a * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp_min(1)
+    if mask is None:
+        delta = threshold_factor * a.mean(dim=1, keepdim=True)
+    else:
+        keep = mask.to(a.dtype)
+        delta = threshold_factor * (a * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1)
+    kept = a > delta
+    alpha = (a * kept).sum(dim=1, keepdim=True) / kept.sum(dim=1, keepdim=True).clamp_min(1)
     return delta, alpha
 
 
@@ -29,12 +34,6 @@ def ternarize(grouped: torch.Tensor, delta: torch.Tensor, alpha: torch.Tensor) -
     return Fq.ste(grouped, alpha * torch.sign(w) * (w.abs() > delta))
 
 
-def ternary_storage_bits(numel: int, n_ranges: int) -> int:
-    """Ternary weights as lowbit stores them: 5 trits per byte (1.6 bits each) + one fp32 α per range."""
-    return (numel + 4) // 5 * 8 + n_ranges * 32
-
-
-@WEIGHT_QUANTIZERS.register("ternary_twn")
 class TernaryTWNQuantizer(WeightQuantizer):
     """Ternary weight networks as in TernaryBERT: w_q = α·sign(W)·[|W| > Δ].
 
@@ -52,65 +51,26 @@ class TernaryTWNQuantizer(WeightQuantizer):
         check(0 < threshold_factor < 2, f"quantizer.threshold_factor must be in (0, 2), got {threshold_factor!r}")
         self.granularity, self.clip, self.threshold_factor = granularity, clip, threshold_factor
 
-    def quantize(self, grouped: torch.Tensor) -> torch.Tensor:
+    def threshold_alpha(self, grouped: torch.Tensor, mask: torch.Tensor | None,
+                        curvature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return twn_threshold_alpha(grouped, self.threshold_factor, mask)
+
+    def quantize(self, grouped: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         clipped = Fq.clip_ste(grouped, self.clip)
-        delta, alpha = twn_threshold_alpha(clipped, self.threshold_factor)
+        delta, alpha = self.threshold_alpha(clipped, mask)
         return ternarize(clipped, delta, alpha)
 
-    def num_levels(self) -> int:
-        return 3
+    def qparams(self, weight: torch.Tensor, mask: torch.Tensor | None = None) -> QParams:
+        g = self.granularity
+        grouped = g.to_groups(weight.detach())
+        if self.clip is not None:
+            grouped = grouped.clamp(-self.clip, self.clip)
+        delta, alpha = self.threshold_alpha(grouped, None if mask is None else g.to_groups(mask),
+                                            self._grouped_curvature(g))
+        return QParams("ternary", 2, g, alpha.reshape(-1), threshold=delta.reshape(-1))
 
-    def storage_bits(self, weight: torch.Tensor) -> int:
-        return ternary_storage_bits(weight.numel(), self.granularity.groups(weight))
+    def _grouped_curvature(self, g: Granularity) -> torch.Tensor | None:
+        return None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}, threshold_factor={self.threshold_factor}"
-
-
-@dataclass
-class TernaryRecipe(QuantRecipe):
-    """TernaryBERT: TWN at 2 bits, symmetric uniform above (the official code's SymQuantizer).
-
-    Linear weights get one α per matrix; the word embedding one α per row.
-    """
-
-    clip: float | None = 2.5
-    threshold_factor: float = 0.7
-    word_embedding_granularity: str = "per_row"
-    #: "twn" (TernaryBERT-TWN) or "lat" (loss-aware, curvature from Adam's second moment)
-    ternarizer: str = "twn"
-    lat_iterations: int = 5
-    lat_solver: str = "alternating"
-    activation: ActivationSpec | dict | None = field(default_factory=ActivationSpec)
-
-    def __post_init__(self):
-        self.activation = _activation(self.activation)
-        check(self.word_embedding_granularity in ("per_tensor", "per_row"),
-              f"quantizer.word_embedding_granularity must be per_tensor or per_row, "
-              f"got {self.word_embedding_granularity!r}")
-        check(self.ternarizer in ("twn", "lat"), f"quantizer.ternarizer must be twn or lat, got {self.ternarizer!r}")
-        self.ternary_quantizer(PerTensor())  # validates clip / threshold / iterations
-
-    def granularity_for(self, target: Target) -> Granularity:
-        return make_granularity(self.word_embedding_granularity if target.role == "word_embedding" else "per_tensor")
-
-    def ternary_quantizer(self, granularity: Granularity) -> WeightQuantizer:
-        if self.ternarizer == "lat":
-            from lowbit.algorithms.ternarybert.lat import TernaryLATQuantizer
-
-            return TernaryLATQuantizer(granularity, self.clip, self.threshold_factor, self.lat_iterations,
-                                       self.lat_solver)
-        return TernaryTWNQuantizer(granularity, clip=self.clip, threshold_factor=self.threshold_factor)
-
-    def callbacks(self) -> list:
-        if self.ternarizer != "lat":
-            return []
-        from lowbit.algorithms.ternarybert.lat import AdamCurvatureCallback
-
-        return [AdamCurvatureCallback()]
-
-    def weight_quantizer(self, target: Target, bits: int) -> WeightQuantizer:
-        granularity = self.granularity_for(target)
-        if bits == 2:
-            return self.ternary_quantizer(granularity)
-        return UniformWeightQuantizer(bits, symmetric=True, granularity=granularity)

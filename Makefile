@@ -9,7 +9,7 @@ export LOWBIT_DATA_DIR ?= $(if $(wildcard $(SHARED_GLUE)),$(SHARED_GLUE),)
 export HF_HUB_OFFLINE ?= $(if $(LOWBIT_DATA_DIR),1,0)
 export WANDB_SILENT := true
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +26,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) train.py +experiment=demo_sst2
 
-test: $(STAMP)
+# PostgreSQL server for tests/test_sweep_postgres.py: apt-get installed when missing and possible (root + apt);
+# otherwise those tests are skipped and pytest -ra prints why
+test-deps:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing postgresql (apt-get) for tests/test_sweep_postgres.py"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || echo "could not install postgresql: tests/test_sweep_postgres.py will be skipped"; \
+	else echo "no PostgreSQL (initdb) and cannot apt-get it (not root or no apt): tests/test_sweep_postgres.py will be skipped"; fi
+
+test: $(STAMP) test-deps
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

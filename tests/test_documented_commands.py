@@ -69,6 +69,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"\[(?:overrides|budget overrides|options|--options|--opts)\]", "",
      "optional extra arguments: none"),
     (r"(?<!\S)(?:\.\.\.|…)(?!\S)", "", "a bare ellipsis ('the overrides as before'): dropped"),
+    (r"(?<!\S)trainer=gpu(?!\S)", "trainer=gpu trainer.accelerator=cpu",
+     "a GPU command, checked on this GPU-less machine: everything but the device"),
 ]
 #: what is left over after SUBSTITUTIONS and still looks like a placeholder
 LEFTOVER = [re.compile(p) for p in (r"<[^<>\s][^<>]*>", r"\.\.\.|…", r"\{row:", r"\[[A-Za-z][A-Za-z ]* [A-Za-z ]*\]",
@@ -176,9 +178,28 @@ def normalise(segment: str) -> str | None:
     return s if COMMAND.match(s) else None
 
 
+#: sections that document commands meant to fail (their messages are tests/test_bad_inputs.py's cases)
+FAILURE_SECTIONS = re.compile(r"^(#+)\s+Bad input\b")
+
+
+def without_failure_sections(text: str) -> str:
+    """``text`` with the lines of ``FAILURE_SECTIONS`` blanked (line numbers kept)."""
+    out, level = [], None
+    for line in text.splitlines():
+        heading = re.match(r"^(#+)\s", line)
+        if heading and level is not None and len(heading.group(1)) <= level:
+            level = None
+        m = FAILURE_SECTIONS.match(line)
+        if m:
+            level = len(m.group(1))
+        out.append("" if level is not None else line)
+    return "\n".join(out)
+
+
 def extract(text: str, name: str = "<text>") -> list[DocCommand]:
     """Every documented command of one document, in order (duplicates kept)."""
     found: list[DocCommand] = []
+    text = without_failure_sections(text)
     for line_no, snippet in snippets(text):
         for segment in split_shell(strip_comment(snippet)):
             if not MENTION.search(segment):
@@ -197,7 +218,7 @@ def extract(text: str, name: str = "<text>") -> list[DocCommand]:
 
 
 def mentions(text: str) -> int:
-    return len(MENTION.findall(text))
+    return len(MENTION.findall(without_failure_sections(text)))
 
 
 def documented_commands() -> list[DocCommand]:

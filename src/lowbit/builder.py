@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lowbit.edit import ModelEditor
@@ -37,6 +37,52 @@ def build(cfg_node: Any, **kwargs: Any) -> Any:
         detail = e.__cause__ if e.__cause__ is not None else e
         lines = str(detail).strip().splitlines()
         raise LowbitConfigError(f"{target}: {type(detail).__name__}: {lines[0] if lines else ''}") from None
+
+
+#: the only ``_target_`` a model config read from a file may name
+MODEL_TARGET = "lowbit.models.ModelSpec"
+
+
+def _targets(node: Any, path: str = ""):
+    if isinstance(node, Mapping) or OmegaConf.is_dict(node):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield path, value
+            else:
+                yield from _targets(value, where)
+    elif isinstance(node, (list, tuple)) or OmegaConf.is_list(node):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def check_trusted_config(cfg: Mapping, source: str, groups: tuple[str, ...] = METHOD_ORDER,
+                         model: bool = False) -> None:
+    """Refuse a config read from a file (an export's ``lowbit.json``, a run's ``.hydra/config.yaml``) unless
+    every ``_target_`` in it is one of lowbit's own: a ``Method`` subclass at the top of a method group, and
+    (``model``) ``lowbit.models.ModelSpec``. Checked as strings before anything is imported or built, so a
+    crafted file cannot name ``shutil.copy`` or ``os.system``."""
+    from hydra.utils import get_class
+
+    wanted = {g: cfg.get(g) for g in groups}
+    if model:
+        wanted["model"] = cfg.get("model")
+    for group, node in wanted.items():
+        if node is None:
+            continue
+        for path, target in _targets(node, group):
+            target = str(target)
+            if path == "model" and model:
+                check(target == MODEL_TARGET, f"{source}: model._target_={target!r} is not {MODEL_TARGET!r}; refused")
+                continue
+            check(path == group and target.startswith("lowbit.") and target.replace(".", "").replace("_", "").isalnum(),
+                  f"{source}: {path}._target_={target!r} is not one of lowbit's methods; refused")
+            try:
+                cls = get_class(target)
+            except Exception:  # noqa: BLE001 - any import failure means: not a lowbit method class
+                cls = None
+            check(isinstance(cls, type) and issubclass(cls, Method),
+                  f"{source}: {path}._target_={target!r} is not one of lowbit's methods; refused")
 
 
 def method_choices() -> dict[str, str]:

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lowbit.errors import LowbitConfigError
+from lowbit.errors import LowbitConfigError, LowbitError
 
 
 def train_main(cfg: DictConfig) -> float | list[float] | None:
@@ -27,8 +27,8 @@ def train_main(cfg: DictConfig) -> float | list[float] | None:
             print(json.dumps(summary, indent=2, default=str))
             return None
         return run(cfg)
-    except LowbitConfigError as e:
+    except LowbitError as e:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed and goes on
+            raise  # the sweeper records the trial as failed (with this line as the reason) and goes on
         print(f"lowbit: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, LowbitConfigError) else 1)

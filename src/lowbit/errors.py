@@ -5,8 +5,16 @@ before any training starts with something a person can act on.
 """
 
 
-class LowbitConfigError(ValueError):
+class LowbitError(Exception):
+    """A problem lowbit reports as one line (``lowbit: error: ...``)."""
+
+
+class LowbitConfigError(LowbitError, ValueError):
     """Bad configuration value, unknown name, or missing/malformed input."""
+
+
+class LowbitRunError(LowbitError, RuntimeError):
+    """A run that cannot go on (non-finite loss, a checkpoint that cannot be written)."""
 
 
 def check(condition: bool, message: str) -> None:

@@ -4,7 +4,10 @@ One training path for every method and every stage: the task loss (weighted by t
 0 for pure distillation) plus each method's named loss terms, which see the global step.
 Forwards carry each method's ``forward_kwargs(mode)``. Metrics are computed on the whole eval
 set at epoch end and logged as ``val/<metric>`` (MNLI mismatched: ``val_mm/<metric>``), with
-each method's ``eval_metrics`` over what its ``eval_outputs`` kept during the same pass.
+each method's ``eval_metrics`` over what its ``eval_outputs`` kept during the same pass
+(per-example tensors, examples along dim 0). Under DDP each rank evaluates a shard: the shards are
+gathered and the sampler's padding duplicates dropped before any metric, so metrics are over exactly
+the eval set and identical on every rank (``lowbit.distributed.gather_eval``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from torch import nn
 
 from lowbit.data.metrics import compute_metrics, predictions
 from lowbit.data.tasks import GlueTask
+from lowbit.distributed import gather_eval, is_distributed, sampler_indices
+from lowbit.errors import LowbitRunError
 from lowbit.methods import Method, ParamGroup
 from lowbit.optim import OptimSpec
 from lowbit.size import size_report
@@ -64,6 +69,10 @@ class CompressionModule(pl.LightningModule):
             for name, value in losses.items():
                 self.log(f"{self.metric_prefix}train/loss_{name}", value, batch_size=n)
         self.last_loss_terms = {name: float(value.detach()) for name, value in losses.items()}
+        if not all(math.isfinite(v) for v in self.last_loss_terms.values()):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in self.last_loss_terms.items())
+            raise LowbitRunError(f"non-finite loss at step {self.global_step} ({self.metric_prefix or 'main'} stage): "
+                                 f"{terms}; lower optim.lr or check the data")
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -77,18 +86,36 @@ class CompressionModule(pl.LightningModule):
                 for key, value in kept.items():
                     store.setdefault(key, []).append(value.detach().cpu())
 
+    def _gathered_eval(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """Predictions, labels and methods' kept outputs of eval set ``idx``: under DDP, every rank's
+        shard gathered, the sampler's padding duplicates dropped, in dataset order (``gather_eval``)."""
+        outputs = self._eval_outputs[idx]
+        local = {"preds": torch.cat([p for p, _ in outputs]), "labels": torch.cat([y for _, y in outputs])}
+        for group, kept in self._method_eval.get(idx, {}).items():
+            local.update({f"{group}\0{k}": torch.cat(v) for k, v in kept.items()})
+        if is_distributed():
+            loaders = self.trainer.val_dataloaders
+            loader = loaders[idx] if isinstance(loaders, (list, tuple)) else loaders
+            local = gather_eval(local, sampler_indices(loader, local["preds"].shape[0]))
+        methods: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in local.items():
+            if "\0" in key:
+                group, name = key.split("\0", 1)
+                methods.setdefault(group, {})[name] = value
+        return local["preds"], local["labels"], methods
+
     def on_validation_epoch_end(self):
-        for idx, outputs in sorted(self._eval_outputs.items()):
-            preds = torch.cat([p for p, _ in outputs])
-            labels = torch.cat([y for _, y in outputs])
+        distributed = is_distributed()
+        for idx in sorted(self._eval_outputs):
+            preds, labels, method_outputs = self._gathered_eval(idx)
             prefix = self.metric_prefix + self.task.eval_prefix(idx)
             values = compute_metrics(self.task.metrics, preds, labels)
-            for group, kept in self._method_eval.get(idx, {}).items():
-                collected = {k: torch.cat(v) for k, v in kept.items()}
+            for group, collected in method_outputs.items():
                 values.update(self.methods[group].eval_metrics(collected, labels, self.task))
             for name, value in values.items():
+                # every rank has the same value (gathered eval set): sync_dist's mean leaves it exact
                 self.log(f"{prefix}/{name}", value, prog_bar=(idx == 0 and name == self.task.main_metric),
-                         add_dataloader_idx=False)
+                         add_dataloader_idx=False, sync_dist=distributed)
                 self.final_metrics[f"{prefix}/{name}"] = float(value)
         self._eval_outputs.clear()
         self._method_eval.clear()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,10 +28,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lowbit.builder import build, build_method, build_methods, method_choices, prepare_model
+from lowbit.builder import build, build_method, build_methods, method_choices, prepare_model  # noqa: F401
+from lowbit.checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, atomic_save, resolve_ckpt_path
 from lowbit.data.glue import GLUEDataModule
+from lowbit.distributed import check_trainer_devices, is_rank_zero
 from lowbit.edit import ModelEditor
-from lowbit.errors import check
+from lowbit.errors import LowbitConfigError, check
 from lowbit.methods import Method, RunInfo, Stage, all_param_groups, stages_of
 from lowbit.models import ModelSpec
 from lowbit.module import CompressionModule
@@ -52,6 +55,7 @@ class Job:
     optim: OptimSpec
     loggers: list = field(default_factory=list)
     stage_metrics: dict[str, float] = field(default_factory=dict)
+    ckpt_path: str | None = None  # the checkpoint the main stage resumes from
 
     @property
     def model(self) -> nn.Module:
@@ -71,9 +75,16 @@ def finetune_stage(cfg: DictConfig) -> Stage | None:
 
 
 def setup(cfg: DictConfig) -> Job:
+    from lowbit.validate import validate_run_config
+    validate_run_config(cfg)  # first: cross-cutting one-line errors
     check(cfg.get("optimized_metric") is not None, "optimized_metric must be set")
+    check_trainer_devices(cfg.trainer)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    output_dir = cfg.paths.get("output_dir")
+    if output_dir:
+        check_writable(Path(output_dir), "paths.output_dir")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir or ".")
     model_spec: ModelSpec = build(cfg.model)
     tokenizer = model_spec.load_tokenizer()
     datamodule: GLUEDataModule = build(cfg.data, tokenizer=tokenizer)
@@ -90,6 +101,7 @@ def setup(cfg: DictConfig) -> Job:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [build(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     build(cfg.trainer, callbacks=[], logger=False)  # validates the trainer options
+    check_free_space(Path(output_dir) if output_dir else None, model)
     stage_metrics: dict[str, float] = {}
     for group, stage in before:
         stage_metrics.update(run_stage(stage, model, {}, datamodule, cfg, optim))
@@ -97,9 +109,35 @@ def setup(cfg: DictConfig) -> Job:
     # from_pretrained returns eval mode and Lightning keeps module modes: without this, dropout is off
     model.train()
     callbacks += [cb for m in methods.values() for cb in m.callbacks()]  # after prepare: they may refer to it
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(ResumeState(datamodule))
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                plugins=[AtomicCheckpointIO()])
     module = CompressionModule(model, datamodule.task, methods, optim, all_param_groups(methods, model))
-    return Job(cfg, datamodule, module, trainer, methods, edit, optim, loggers, stage_metrics)
+    return Job(cfg, datamodule, module, trainer, methods, edit, optim, loggers, stage_metrics, ckpt_path)
+
+
+def check_writable(directory: Path, option: str) -> None:
+    """One line naming the directory if lowbit cannot write there (read-only, not a directory)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".lowbit-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise LowbitConfigError(f"{option}={str(directory)!r} is not writable: {e.strerror or type(e).__name__}") \
+            from None
+
+
+def check_free_space(directory: Path | None, model: nn.Module) -> None:
+    """One line before training if the disk cannot hold a checkpoint (weights + Adam's two moments) twice over."""
+    if directory is None:
+        return
+    import shutil
+
+    need = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(directory).free
+    check(free >= need, f"paths.output_dir={str(directory)!r}: {free / 1e6:.0f} MB free, a checkpoint of this model needs "
+                        f"about {need / 2e6:.0f} MB (twice that with the temporary copy of an atomic write)")
 
 
 def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], datamodule: GLUEDataModule,
@@ -135,10 +173,14 @@ def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], dat
         monitor = prefix + (stage.monitor or cfg.optimized_metric)
         ckpt = ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename="best", monitor=monitor,
                                mode=cfg.optimized_mode, save_weights_only=True, auto_insert_metric_name=False)
+        # the stage resumes mid-way from its own last.ckpt, like the main stage
+        every_n = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=50)
+        last = LastCheckpoint(str(stage_dir / "checkpoints"), every_n)
         trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_epochs": stage.epochs, "default_root_dir": str(stage_dir)})
         log.info("stage %s: %d epoch(s) at lr %s", stage.name, stage.epochs, stage.lr or "optim.lr")
-        trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt], logger=False, enable_progress_bar=False)
-        trainer.fit(module, datamodule=datamodule)
+        trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt, last, ResumeState(datamodule)], logger=False,
+                                    enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last.path) if last.path.is_file() else None)
         if best.exists():  # the best epoch, not the last (fast_dev_run saves none)
             load_finetuned_weights(model, best, option=f"stage {stage.name} checkpoint")
         # metrics of exactly the weights the next stage starts from
@@ -148,30 +190,20 @@ def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], dat
             p.requires_grad_(saved_grad.get(id(p), True))
         if stage.freeze_observers:
             set_observers_frozen(model, False)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(module.final_metrics))
+    if is_rank_zero():
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(module.final_metrics))
     model.train()
     return module.final_metrics
 
 
 def save_final_checkpoint(trainer: pl.Trainer) -> list[Path]:
-    """Write the final state to every ``last.ckpt`` (temp file + rename).
-
-    Lightning rewrites ``last.ckpt`` with ``save_last`` only when the monitored metric's checkpoint is
-    saved too, so without this a run whose last epoch is not its best leaves its final weights in no file.
-    """
-    import os
-
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
+    """Write the final state to every ``last.ckpt`` (atomically): a finished run's final weights are always there."""
     written = []
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
-            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-            tmp = path.with_name(path.name + ".tmp")
-            trainer.save_checkpoint(tmp)
-            os.replace(tmp, path)
-            written.append(path)
+    for callback in trainer.callbacks:
+        if isinstance(callback, LastCheckpoint):
+            atomic_save(trainer, callback.path)
+            written.append(callback.path)
     return written
 
 
@@ -191,12 +223,13 @@ class Result:
 def train(cfg: DictConfig) -> Result:
     """Set up and run every stage of one job; returns the job (its trained model) and the final metrics."""
     job = setup(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in job.loggers:
-        logger.log_hyperparams(resolved)
+    if is_rank_zero():
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for logger in job.loggers:
+            logger.log_hyperparams(resolved)
     size = job.module.model_size()
     log.info("model size %.2f MB (%.1fx smaller than fp32)", size["model/size_mb"], size["model/compression"])
-    job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=job.ckpt_path)
     after = stages_of(job.methods, "after")
     for _, stage in after:
         job.stage_metrics.update(run_stage(stage, job.model, job.methods, job.datamodule, cfg, job.optim))
@@ -209,8 +242,9 @@ def train(cfg: DictConfig) -> Result:
     for group, method in job.methods.items():
         metrics[f"{group}/option"] = method.option
         metrics.update({f"{group}/{k}": v for k, v in method.summary().items()})
-    write_summary(job.loggers, metrics, cfg.paths.get("output_dir"))
-    print_summary(job.datamodule.task.name, metrics)
+    if is_rank_zero():
+        write_summary(job.loggers, metrics, cfg.paths.get("output_dir"))
+        print_summary(job.datamodule.task.name, metrics)
     return Result(job, metrics)
 
 
@@ -244,6 +278,8 @@ def dry_run(cfg: DictConfig, *, defer: Mapping[str, str] | None = None) -> dict[
     their target's signature, but not instantiated (e.g. a table row whose ``sensitivity_file`` an
     earlier row produces). Returns a summary of what was built.
     """
+    from lowbit.validate import validate_run_config
+    validate_run_config(cfg)  # first: cross-cutting one-line errors
     import inspect
 
     from hydra.utils import get_object
@@ -317,6 +353,7 @@ def dry_run(cfg: DictConfig, *, defer: Mapping[str, str] | None = None) -> dict[
         if lg is None:
             continue
         loggers[name] = check_signature(f"logger.{name}", lg)
+    check_trainer_devices(cfg.trainer)
     build(cfg.trainer, callbacks=[], logger=False)  # validates the trainer options
     summary.update(callbacks=callbacks, loggers=loggers,
                    trainer={k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps", "accelerator", "fast_dev_run")})

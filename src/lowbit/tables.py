@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -61,16 +62,70 @@ class TableSpec:
 
     @classmethod
     def load(cls, name: str) -> "TableSpec":
+        """``conf/table/<name>.yaml``, checked (``check_spec``): one line naming the file and what is wrong."""
+        from lowbit.validate import check_environment
+
+        check_environment()
+        check(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_\-]+", name) is not None,
+              f"table name {name!r}: letters, digits, '_' and '-' only (it names conf/table/<name>.yaml)")
         path = conf_dir() / "table" / f"{name}.yaml"
         known = sorted(p.stem for p in (conf_dir() / "table").glob("*.yaml"))
         check(path.is_file(), f"unknown table {name!r}; known: {known}")
-        raw = yaml.safe_load(path.read_text())
-        rows = [TableRow(**r) for r in raw.pop("rows")]
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise LowbitConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        check(isinstance(raw, dict), f"{path}: a table spec is a mapping (name, title, metrics, rows, ...)")
+        _check_keys(raw, cls, str(path), exclude=("rows",))
+        check(isinstance(raw.get("rows"), list) and raw["rows"],
+              f"{path}: rows must be a non-empty list of {{name, overrides, ...}}")
+        rows = []
+        for i, r in enumerate(raw.pop("rows")):
+            check(isinstance(r, dict), f"{path}: rows[{i}] must be a mapping {{name, overrides, ...}}, got {r!r}")
+            _check_keys(r, TableRow, f"{path}: row {r.get('name', i)!r}")
+            rows.append(TableRow(**r))
         spec = cls(rows=rows, **raw)
-        check(spec.paper_source in SOURCES, f"{path}: paper_source must be one of {SOURCES}")
-        names = [r.name for r in rows]
-        check(len(set(names)) == len(names), f"{path}: duplicate row names")
+        check_spec(spec, str(path))
         return spec
+
+
+def _check_keys(raw: dict, cls: type, where: str, exclude: tuple[str, ...] = ()) -> None:
+    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    known = [f.name for f in fields]
+    unknown = [k for k in raw if k not in known and k not in exclude]
+    check(not unknown, f"{where}: unknown key(s) {unknown}; known: {known}")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in raw]
+    check(not missing, f"{where}: missing key(s) {missing}")
+
+
+def check_spec(spec: TableSpec, where: str | None = None) -> None:
+    """Everything about a spec that would otherwise fail only when its row runs: value types, duplicate
+    row names, paper_source, and ``{row:NAME}`` references (each to an earlier row)."""
+    where = where or f"table {spec.name}"
+    check(isinstance(spec.name, str) and spec.name, f"{where}: name must be a non-empty string")
+    check(isinstance(spec.metrics, list) and all(isinstance(m, str) for m in spec.metrics),
+          f"{where}: metrics must be a list of metric names (e.g. [val/acc]), got {spec.metrics!r}")
+    check(isinstance(spec.base_overrides, list) and all(isinstance(o, str) for o in spec.base_overrides),
+          f"{where}: base_overrides must be a list of override strings, got {spec.base_overrides!r}")
+    check(spec.paper_source in SOURCES, f"{where}: paper_source must be one of {SOURCES}, got {spec.paper_source!r}")
+    names = [r.name for r in spec.rows]
+    duplicates = sorted({n for n in names if names.count(n) > 1}, key=str)
+    check(not duplicates, f"{where}: duplicate row names {duplicates}")
+    for i, row in enumerate(spec.rows):
+        check(isinstance(row.name, str) and re.fullmatch(r"[A-Za-z0-9_\-]+", row.name) is not None,
+              f"{where}: row {i}: name must be letters, digits, '_' and '-' (it names the row's directory), "
+              f"got {row.name!r}")
+        check(isinstance(row.overrides, list) and all(isinstance(o, str) for o in row.overrides),
+              f"{where}: row {row.name!r}: overrides must be a list of override strings, got {row.overrides!r}")
+        check(isinstance(row.paper, dict), f"{where}: row {row.name!r}: paper must be a mapping, got {row.paper!r}")
+        check(isinstance(row.drop_base, list), f"{where}: row {row.name!r}: drop_base must be a list of groups")
+        for override in [*row.base(spec.base_overrides), *row.overrides]:
+            for m in _ROW_REF.finditer(override):
+                check(m.group(1) in names[:i], f"table {spec.name}: row {row.name!r}: override {override!r} refers to "
+                                               f"row {m.group(1)!r} that has not run before it")
 
 
 _ROW_REF = re.compile(r"\{row:([A-Za-z0-9_\-]+)\}")
@@ -98,10 +153,73 @@ def _row_overrides(spec: TableSpec, row: TableRow, extra_overrides: list[str], d
     return overrides
 
 
+#: keys of a row's config that do not change its result (where files go, how progress is shown)
+VOLATILE_KEYS = ("paths", "hydra", "logger", "callbacks", "tags", "task_name", "ckpt_path", "trainer.enable_progress_bar",
+                 "data.cache_dir", "data.num_workers")
+ROW_CONFIG_FILE = "row_config.json"
+
+
+def row_fingerprint(cfg) -> dict[str, Any]:
+    """A row's composed config, flattened to dotted keys, without ``VOLATILE_KEYS``: what its numbers depend on."""
+    from omegaconf import OmegaConf
+
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif not any(prefix == v or prefix.startswith(v + ".") for v in VOLATILE_KEYS):
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def check_same_config(row_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """A row already (partly) run in ``row_dir`` must have been run with this config: one line naming the keys."""
+    stored_file = row_dir / ROW_CONFIG_FILE
+    if not stored_file.is_file():
+        return
+    stored = json.loads(stored_file.read_text())
+    differ = sorted((k for k in set(stored) | set(fingerprint) if stored.get(k, "<unset>") != fingerprint.get(k, "<unset>")),
+                    key=lambda k: (k not in stored or k not in fingerprint, k))  # changed values before added/removed keys
+    shown = ", ".join(f"{k}={stored.get(k, '<unset>')!r} (stored) vs {fingerprint.get(k, '<unset>')!r} (now)"
+                      for k in differ[:3])
+    check(not differ, f"{row_dir} was run with a different config: {shown}"
+                      f"{f' (+{len(differ) - 3} more)' if len(differ) > 3 else ''}; use --out <another dir> or the same "
+                      f"overrides")
+
+
+def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path) -> None:
+    """Compose every row and check its config (``lowbit.validate``), as ``run_table`` will run it, so a bad
+    override (``data.bogus=1``) or metric fails in seconds, before the first row trains; a row already run in
+    ``out_dir`` with a different config (another model, another budget) is refused, not reused."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lowbit.validate import validate_run_config
+
+    planned = {r.name: out_dir / r.name for r in spec.rows}  # {row:NAME} as the run resolves it
+    for row in spec.rows:
+        try:
+            cfg = compose_train(_row_overrides(spec, row, extra_overrides, planned), out_dir / row.name)
+            check_same_config(out_dir / row.name, row_fingerprint(cfg))
+            if (out_dir / row.name / "summary.json").exists():
+                continue
+            validate_run_config(cfg)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise LowbitConfigError(f"table {spec.name}: row {row.name}: {' '.join(str(e).split())}") from None
+        except LowbitConfigError as e:
+            raise LowbitConfigError(f"table {spec.name}: row {row.name}: {e}") from None
+
+
 def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
     from lowbit.pipeline import run
 
+    check_spec(spec)
     _check_drop_base(spec)
+    _compose_rows(spec, extra_overrides, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     results = []
@@ -111,7 +229,10 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
         if not summary_file.exists():
             overrides = _row_overrides(spec, row, extra_overrides, done)
             print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")
-            run(compose_train(overrides, row_dir))
+            cfg = compose_train(overrides, row_dir)
+            row_dir.mkdir(parents=True, exist_ok=True)
+            (row_dir / ROW_CONFIG_FILE).write_text(json.dumps(row_fingerprint(cfg), indent=1, default=str))
+            run(cfg)
         done[row.name] = row_dir
         metrics = json.loads(summary_file.read_text())
         results.append(_table_row(spec, row, metrics))
@@ -157,6 +278,7 @@ def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
 
     from lowbit.pipeline import dry_run
 
+    check_spec(spec)
     _check_drop_base(spec)
     done: dict[str, Path] = {}
     results, failures = [], []
@@ -251,6 +373,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dry-run", action="store_true",
                    help="compose and instantiate every row's config without training or writing anything")
     a = p.parse_intermixed_args(argv)  # overrides may come after --out
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         spec = TableSpec.load(a.table)
         if a.dry_run:
@@ -258,6 +383,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.wandb_mode)
     except LowbitConfigError as e:
         raise SystemExit(f"lowbit: error: {e}") from None
+    except (HydraException, OmegaConfBaseException) as e:  # a bad override met while a row composes
+        raise SystemExit(f"lowbit: error: table {a.table}: {' '.join(str(e).split())}") from None
 
 
 if __name__ == "__main__":

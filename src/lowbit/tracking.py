@@ -40,14 +40,58 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+RUN_ID_FILE = "wandb-run-id"
+
+
+def _unreachable(base_url: str, timeout: float = 3.0) -> str | None:
+    """Why ``base_url`` cannot be reached (None if a TCP connection opens within ``timeout`` seconds)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+def online_or_offline(mode: str) -> str:
+    """``online`` only if it can work: without an API key, or with the W&B server unreachable, the run goes
+    offline and says so in one line (no hang, no traceback)."""
+    if mode != "online":
+        return mode
+    if not wandb_api_key_configured():
+        print("lowbit: W&B online mode without an API key (WANDB_API_KEY or `wandb login`): running offline")
+        return "offline"
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    reason = _unreachable(base_url)
+    if reason is not None:
+        print(f"lowbit: W&B server {base_url} unreachable ({reason}): running offline; sync later with `wandb sync`")
+        return "offline"
+    return mode
+
+
 def wandb_logger(project: str = "lowbit", name: str | None = None, save_dir: str = ".", mode: str = "auto",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
                  job_type: str | None = None) -> WandbLogger:
-    mode = resolve_wandb_mode(mode)
+    """The W&B logger of a run dir. The run id is kept in ``<save_dir>/wandb-run-id``: a run resumed in the
+    same directory (``ckpt_path=last|auto``) continues the same W&B run."""
+    mode = online_or_offline(resolve_wandb_mode(mode))
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
+    id_file = Path(save_dir) / RUN_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        import secrets
+        import string
+
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id format
+        id_file.write_text(run_id)
     return WandbLogger(project=project, name=name, save_dir=save_dir, mode=mode, entity=entity, group=group,
-                       tags=list(tags or []), job_type=job_type)
+                       tags=list(tags or []), job_type=job_type, id=run_id, resume="allow")
 
 
 def _wandb_summary(logger: WandbLogger, values: dict[str, Any]) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -224,13 +226,15 @@ def test_interrupt_and_resume(tmp_path):
     url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
     assert states(load(url)) == [TrialState.COMPLETE, TrialState.RUNNING]
 
-    # 2nd run: same command, no kill switch
-    run_toy(tmp_path)
+    # 2nd run: same command, no kill switch. The killed trial has no heartbeat for grace_period (3 s in
+    # toy.yaml): it is marked FAIL and its params re-queued; meanwhile the sweep runs a new trial.
+    proc = run_toy(tmp_path)
     study = load(url)
     trials = study.get_trials()
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
     interrupted = trials[1]
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["lowbit_interrupted"] is True
+    assert "params re-queued once" in proc.stdout + proc.stderr
 
     key = lambda c: (c["x"], c["y"], c["opt"])
     starts = [key(c) for c in calls(tmp_path) if c["event"] == "start"]
@@ -242,11 +246,49 @@ def test_interrupt_and_resume(tmp_path):
     requeued = [t for t in trials if t.user_attrs.get("lowbit_requeued_from") == 1]
     assert len(requeued) == 1 and requeued[0].state == TrialState.COMPLETE
     assert requeued[0].params == interrupted.params
+    assert requeued[0].system_attrs["failed_trial"] == 1  # optuna's retry marker
 
     # 3rd run: nothing left to do; no job is launched
     run_toy(tmp_path)
     assert len(calls(tmp_path)) == 7
     assert len(load(url).trials) == 4
+
+
+def test_interrupt_and_resume_single_worker_mode(tmp_path):
+    # heartbeat_interval=null: one worker per study, so a RUNNING trial found at start was interrupted
+    # and is re-run at once (no grace period)
+    off = "hydra.sweeper.heartbeat_interval=null"
+    assert run_toy(tmp_path, off, env={"TOY_KILL_ON_CALL": "2"}, check=False).returncode != 0
+    url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    assert states(load(url)) == [TrialState.COMPLETE, TrialState.RUNNING]
+    proc = run_toy(tmp_path, off)
+    assert "1 interrupted trial(s) re-enqueued" in proc.stdout + proc.stderr
+    trials = load(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["lowbit_interrupted"] is True
+    assert trials[2].user_attrs["lowbit_requeued_from"] == 1 and trials[2].params == trials[1].params
+
+
+def test_ctrl_c_fails_and_requeues_the_running_trial_at_once(tmp_path):
+    # SIGINT (Ctrl-C) during a trial: the sweeper marks it FAIL + re-queues its params before exiting,
+    # so a rerun re-runs it first, without waiting for any heartbeat grace period
+    args = ("sleep=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.grace_period=600", "hydra.sweeper.heartbeat_interval=300")
+    proc = start_toy(tmp_path, *args)
+    deadline = time.time() + 60
+    while not calls(tmp_path) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    trials = load(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["lowbit_interrupted"] is True and trials[1].user_attrs["lowbit_requeued_from"] == 0
+    t0 = time.time()
+    run_toy(tmp_path, *args)
+    assert time.time() - t0 < 60
+    trials = load(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].params == trials[0].params
 
 
 def test_command_line_sweep_merged(tmp_path):
@@ -257,6 +299,20 @@ def test_command_line_sweep_merged(tmp_path):
         assert set(t.params) == {"x", "opt"} and t.params["x"] in (0.1, 0.2)
         assert "y=3" in t.user_attrs["lowbit_overrides"]
     assert all(c["y"] == 3 for c in calls(tmp_path))
+
+
+def test_grid_sampler_resumes_without_repeating(tmp_path):
+    # GridSampler's seed shuffles its grid: it keeps one seed (no per-trial reseeding), also on resume
+    grid = ["hydra.sweeper.params=null", "y=choice(1,2)", "opt=choice(sgd,adam)",
+            "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+            "+hydra.sweeper.sampler.search_space={y:[1,2],opt:[sgd,adam]}"]
+    run_toy(tmp_path, *grid, "hydra.sweeper.n_trials=2")
+    proc = run_toy(tmp_path, *grid, "hydra.sweeper.n_trials=10")
+    assert "search space is exhausted" in proc.stdout + proc.stderr
+    study = load(f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")
+    assert states(study) == [TrialState.COMPLETE] * 4
+    assert sorted((t.params["y"], t.params["opt"]) for t in study.trials) == [
+        (1, "adam"), (1, "sgd"), (2, "adam"), (2, "sgd")]
 
 
 def test_custom_search_space(tmp_path):
@@ -275,12 +331,145 @@ def test_custom_search_space(tmp_path):
         ("hydra.sweeper.direction=upward", "hydra.sweeper.direction"),
         ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials"),
         ("hydra.sweeper.params.x='interval(0,'", "hydra.sweeper.params.x"),
+        ("hydra.sweeper.grace_period=1", "hydra.sweeper.grace_period"),
+        ("hydra.sweeper.max_retry=-1", "hydra.sweeper.max_retry"),
+        ("hydra.sweeper.storage=env:LOWBIT_TEST_UNSET_STORAGE", "hydra.sweeper.storage"),
+        ("hydra.sweeper.storage=journal:///", "hydra.sweeper.storage"),
     ],
 )
 def test_bad_config_fails_fast(tmp_path, override, option):
-    proc = run_toy(tmp_path, override, check=False)
+    proc = run_toy(tmp_path, override, check=False, env={"LOWBIT_TEST_UNSET_STORAGE": ""})
     assert proc.returncode != 0
     first_line = proc.stderr.strip().splitlines()[0]
     assert first_line.startswith(f"{option}:"), proc.stderr
     assert calls(tmp_path) == []
     assert not (tmp_path / "sweep" / "optuna.db").exists()
+
+
+# --------------------------------------------------------------------------- #
+# storage URLs
+# --------------------------------------------------------------------------- #
+def test_storage_from_environment_variable(tmp_path):
+    url = f"sqlite:///{tmp_path / 'env' / 'study.db'}"
+    run_toy(tmp_path, "hydra.sweeper.storage=env:TOY_STORAGE", "hydra.sweeper.n_trials=2", env={"TOY_STORAGE": url})
+    assert states(load(url)) == [TrialState.COMPLETE] * 2
+    run_toy(tmp_path, "hydra.sweeper.storage='${oc.env:TOY_STORAGE}'", "hydra.sweeper.n_trials=3",
+            env={"TOY_STORAGE": url})
+    assert states(load(url)) == [TrialState.COMPLETE] * 3
+    assert not (tmp_path / "sweep" / "optuna.db").exists()
+    assert url not in (tmp_path / "sweep" / "multirun.yaml").read_text()  # the reference is kept, not the URL
+
+
+def test_safe_url_and_password_helpers():
+    url = "postgresql://lowbit:s3cr%40t@127.0.0.1:5432/db"
+    assert _impl._url_password(url) == "s3cr@t"
+    assert _impl._safe_url(url) == "postgresql://lowbit:***@127.0.0.1:5432/db"
+    assert _impl._url_password("sqlite:////tmp/x.db") is None
+    assert _impl._url_password("journal:///tmp/x.log") is None
+    assert _impl.journal_path("journal:///tmp/a/b.log") == Path("/tmp/a/b.log")
+    assert _impl.journal_path("journal://rel/b.log") == Path.cwd() / "rel" / "b.log"
+
+
+# --------------------------------------------------------------------------- #
+# config fingerprint
+# --------------------------------------------------------------------------- #
+def test_config_fingerprint_leaves_out_search_space_and_infrastructure():
+    cfg = OmegaConf.create({
+        "model": {"name": "tiny-bert", "config": {"hidden_size": 32}},
+        "optim": {"lr": 1e-4, "optimizer": {"lr": "${..lr}"}},
+        "bits": [2, 4],
+        "paths": {"log_dir": "/a"}, "logger": {"wandb": {"project": "x"}}, "callbacks": {"cb": 1},
+        "trainer": {"max_steps": 2, "enable_progress_bar": True, "accelerator": "cpu"},
+        "hydra": {"sweeper": {"storage": "postgresql://u:pw@h/db"}},
+    })
+    fp = _impl.config_fingerprint(cfg, varied=["optim.lr", "+new_key", "bits.1"], fixed={"seed": "7"})
+    assert fp == {"model.name": "tiny-bert", "model.config.hidden_size": 32, "optim.optimizer.lr": "${..lr}",
+                  "bits.0": 2, "trainer.max_steps": 2, "seed": "7"}
+    other = _impl.config_fingerprint(
+        OmegaConf.merge(cfg, {"model": {"name": "mini"}, "paths": {"log_dir": "/b"}, "trainer": {"accelerator": "gpu"}}),
+        varied=["optim.lr", "bits.1"], fixed={"seed": "7"})
+    assert _impl.config_diff(fp, other) == ["model.name='tiny-bert' (stored) vs 'mini' (now)"]
+    assert _impl.config_fingerprint(cfg, exclude=["model"]).keys().isdisjoint({"model.name"})
+
+
+def test_rerun_with_another_config_is_refused(tmp_path):
+    run_toy(tmp_path, "hydra.sweeper.n_trials=2")
+    url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    assert load(url).user_attrs["lowbit_config"]["model_name"] == "tiny"
+    proc = run_toy(tmp_path, "hydra.sweeper.n_trials=3", "model_name=other", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"hydra.sweeper: study 'lowbit' in {url} was created for a different config: "
+        "model_name='tiny' (stored) vs 'other' (now); use another hydra.sweeper.study_name or the same config"
+    ), proc.stderr
+    assert len(calls(tmp_path)) == 4  # 2 trials x (start, done): nothing ran
+    # what the sweep varies, sweeper settings and infrastructure keys are not part of the config
+    run_toy(tmp_path, "hydra.sweeper.n_trials=3", "x=interval(0.1,0.2)", "hydra.sweeper.sampler.seed=5",
+            "hydra.sweeper.max_failures=4", "hydra.job.chdir=true")
+    assert states(load(url)) == [TrialState.COMPLETE] * 3
+    # escape hatches: leave a key out of the comparison, or switch the check off
+    run_toy(tmp_path, "hydra.sweeper.n_trials=4", "model_name=other", "hydra.sweeper.fingerprint_exclude=[model_name]")
+    run_toy(tmp_path, "hydra.sweeper.n_trials=5", "model_name=other", "hydra.sweeper.check_config=false")
+    assert states(load(url)) == [TrialState.COMPLETE] * 5
+
+
+# --------------------------------------------------------------------------- #
+# several workers on one study
+# --------------------------------------------------------------------------- #
+def start_toy(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in [str(SRC), os.environ.get("PYTHONPATH", "")] if p)
+    full_env["TOY_LOG"] = str(tmp_path / "calls.jsonl")
+    full_env.pop("TOY_KILL_ON_CALL", None)
+    full_env.update(env or {})
+    cmd = [sys.executable, str(TOY_APP), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:
+    return [(p.wait(timeout=timeout), p.communicate()[0]) for p in procs]
+
+
+def test_two_workers_share_one_study_sqlite(tmp_path):
+    # (two workers on a journal file: test_killed_worker_trial_is_retried_by_the_other_journal)
+    url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    args = ["hydra.sweeper.n_trials=6", "sleep=0.7", f"hydra.sweeper.storage={url}"]
+    results = wait_all([start_toy(tmp_path, *args) for _ in range(2)])
+    for rc, out in results:
+        assert rc == 0 and "Traceback" not in out, out
+    study = load(url)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6
+    assert [t for t in study.trials if t.state != TrialState.COMPLETE and not t.user_attrs.get("lowbit_surplus")] == []
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 6  # workers sample different params
+    assert len({t.user_attrs["lowbit_worker"] for t in complete}) == 2  # both did work
+    done = [c for c in calls(tmp_path) if c["event"] == "done"]
+    assert len(done) == 6 and len({c["job_num"] for c in done}) == 6
+
+
+def test_killed_worker_trial_is_retried_by_the_other_journal(tmp_path):
+    # two workers on a journal file; whichever starts the 2nd call is SIGKILLed there. The survivor
+    # fails the dead trial after grace_period (3 s), re-runs its params once and finishes the study.
+    url = f"journal:///{tmp_path / 'study.log'}"
+    args = ["hydra.sweeper.n_trials=4", "sleep=0.5", f"hydra.sweeper.storage={url}"]
+    results = wait_all([start_toy(tmp_path, *args, env={"TOY_KILL_ON_CALL": "2"}) for _ in range(2)])
+    assert sorted(rc != 0 for rc, _ in results) == [False, True], results
+    survivor = next(out for rc, out in results if rc == 0)
+    assert "Traceback" not in survivor, survivor
+    study = load(_impl.LowbitOptunaSweeperImpl._make_storage(_bare_impl(), url))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    failed = [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("lowbit_surplus")]
+    assert len(failed) == 1 and failed[0].user_attrs["lowbit_interrupted"] is True
+    retries = [t for t in study.trials if t.user_attrs.get("lowbit_requeued_from") == failed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == failed[0].params
+    assert [t.state for t in study.trials].count(TrialState.RUNNING) == 0
+
+
+def _bare_impl():
+    return _impl.LowbitOptunaSweeperImpl(
+        sampler=None, direction="minimize", study_name="lowbit", storage=None, n_trials=1, n_jobs=1,
+        max_failures=None, params=None, custom_search_space=None, heartbeat_interval=None,
+    )

@@ -25,7 +25,10 @@ class LowbitOptunaSweeperConf:
 
     study_name: str = "lowbit"
 
-    # Any SQLAlchemy URL. None -> sqlite:///<hydra.sweep.dir>/optuna.db
+    # None -> sqlite:///<hydra.sweep.dir>/optuna.db. Any SQLAlchemy URL (postgresql://user@host/db needs
+    # `pip install 'lowbit[postgres]'`), journal:///path/to/study.log (Optuna journal file, no database),
+    # or env:VAR to read the URL from $VAR. Passwords: use ${oc.env:LOWBIT_OPTUNA_STORAGE} or
+    # env:LOWBIT_OPTUNA_STORAGE, so the URL is never written to .hydra/ or multirun.yaml.
     storage: str | None = None
 
     # Total number of COMPLETE trials wanted in the study (across resumes).
@@ -43,6 +46,20 @@ class LowbitOptunaSweeperConf:
     # Dotted path to ``fn(cfg: DictConfig, trial: optuna.Trial) -> None`` that
     # suggests extra (e.g. conditional) parameters.
     custom_search_space: str | None = None
+
+    # Several workers (sweeper processes) may run one study: each RUNNING trial records a heartbeat every
+    # heartbeat_interval seconds; a trial without one for grace_period seconds (its worker was killed) is
+    # marked FAIL and its params re-queued up to max_retry times. null heartbeat_interval = single-worker
+    # mode: RUNNING trials found at start are treated as interrupted at once.
+    heartbeat_interval: int | None = 10
+    grace_period: int | None = 60
+    max_retry: int = 1
+
+    # Refuse to run a study that was created for another task config (the composed config minus the
+    # search space, hydra.*, paths.*, logger.*, callbacks.* and other keys that do not change results).
+    check_config: bool = True
+    # More config keys (prefixes) to leave out of that comparison, e.g. [trainer.devices].
+    fingerprint_exclude: list[str] = field(default_factory=list)
 
 
 ConfigStore.instance().store(

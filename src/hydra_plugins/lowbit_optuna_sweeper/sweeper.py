@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 
 class LowbitOptunaSweeper(Sweeper):
-    """Optuna (>= 4) sweeper with resumable SQLAlchemy storage."""
+    """Optuna (>= 4) sweeper: resumable storage (SQLite, PostgreSQL, journal file), several workers per study."""
 
     def __init__(
         self,
@@ -25,6 +25,11 @@ class LowbitOptunaSweeper(Sweeper):
         max_failures: int | None = None,
         params: DictConfig | None = None,
         custom_search_space: str | None = None,
+        heartbeat_interval: int | None = 10,
+        grace_period: int | None = 60,
+        max_retry: int = 1,
+        check_config: bool = True,
+        fingerprint_exclude: Any = None,
     ) -> None:
         from ._impl import LowbitOptunaSweeperImpl
 
@@ -38,6 +43,11 @@ class LowbitOptunaSweeper(Sweeper):
             max_failures=max_failures,
             params=params,
             custom_search_space=custom_search_space,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
+            check_config=check_config,
+            fingerprint_exclude=fingerprint_exclude,
         )
 
     def setup(

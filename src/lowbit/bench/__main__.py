@@ -6,7 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"qat_step": "lowbit.bench.qat_step", "distill_step": "lowbit.bench.distill_step",
-              "export_size": "lowbit.bench.export_size", "hessian": "lowbit.bench.hessian"}
+              "export_size": "lowbit.bench.export_size", "hessian": "lowbit.bench.hessian",
+              "sweep_throughput": "lowbit.bench.sweep_throughput"}
 
 
 def main(argv: list[str] | None = None) -> None:

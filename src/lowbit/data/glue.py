@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -39,21 +40,59 @@ def resolve_data_dir(local_dir: str | None) -> Path | None:
     return None
 
 
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def check_label(label, num_labels: int, where: str):
+    """The label as the model takes it, or one line naming ``where``: an integer class id in
+    ``[0, num_labels)`` (an integral float such as ``1.0`` is taken as that id), or for regression
+    (``num_labels == 1``, STS-B) a finite number, returned as a float."""
+    kind = type(label)
+    if num_labels == 1:
+        if (kind is float or kind is int) and math.isfinite(label):
+            return float(label)
+    else:
+        if kind is float and label.is_integer():
+            label, kind = int(label), int
+        if kind is int and 0 <= label < num_labels:
+            return label
+    if label is None:
+        raise LowbitConfigError(f"{where}: label is null")
+    if num_labels == 1:
+        raise LowbitConfigError(f"{where}: label must be a finite number (regression), got {label!r}")
+    raise LowbitConfigError(f"{where}: label must be an integer class id in [0, {num_labels}), got {label!r}")
+
+
+def read_jsonl(path: Path, required: tuple[str, ...], num_labels: int | None = None,
+               text_keys: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL split, each checked: valid JSON object, every ``required`` column present,
+    ``text_keys`` strings and (``num_labels`` given) ``label`` a valid class id / regression target
+    (``check_label``). A bad row is one line ``<path>:<line>: ...``."""
     check(path.is_file(), f"data file {path} not found")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LowbitConfigError(f"{path}:{lineno}: malformed JSON row ({e.msg})") from None
-            missing = [k for k in required if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise LowbitConfigError(f"{path}:{lineno}: row lacks column(s) {missing}")
-            rows.append(row)
+    wanted = set(required)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LowbitConfigError(f"{path}:{lineno}: malformed JSON row ({e.msg})") from None
+                if type(row) is not dict:
+                    raise LowbitConfigError(f"{path}:{lineno}: row is not a JSON object, got {type(row).__name__}")
+                if not wanted <= row.keys():
+                    missing = [k for k in required if k not in row]
+                    raise LowbitConfigError(f"{path}:{lineno}: row lacks column(s) {missing}")
+                for key in text_keys:
+                    if type(row[key]) is not str:
+                        raise LowbitConfigError(f"{path}:{lineno}: column {key!r} must be a string, "
+                                                f"got {type(row[key]).__name__}")
+                if num_labels is not None:
+                    label = row["label"]
+                    if not (type(label) is int and 0 <= label < num_labels) or num_labels == 1:
+                        row["label"] = check_label(label, num_labels, f"{path}:{lineno}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise LowbitConfigError(f"data file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     check(rows, f"data file {path} has no rows")
     return rows
 
@@ -62,44 +101,78 @@ class GLUEDataModule(pl.LightningDataModule):
     def __init__(self, task: str, tokenizer=None, local_dir: str | None = None, max_length: int = 128,
                  batch_size: int = 32, eval_batch_size: int = 64, max_train_samples: int | None = None,
                  max_eval_samples: int | None = None, subset_seed: int = 0, num_workers: int = 0,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, metric: str | None = None):
+        """``metric``: the task's default ``optimized_metric`` (``conf/data/<task>.yaml``; ``val/<main metric>``)."""
         super().__init__()
+        check(isinstance(task, str), f"data.task must be a GLUE task name, got {task!r}")
         self.task: GlueTask = GLUE_TASKS.get(task)
+        check(metric is None or metric in self.task.logged_metrics(),
+              f"data.metric={metric!r} is not logged by task {self.task.name} (it logs: "
+              f"{', '.join(self.task.logged_metrics())})")
+        self.metric = metric or self.task.default_metric
         for option, value in (("max_length", max_length), ("batch_size", batch_size),
                               ("eval_batch_size", eval_batch_size)):
             check(isinstance(value, int) and value > 0, f"data.{option} must be a positive integer, got {value!r}")
         for option, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
             check(value is None or (isinstance(value, int) and value > 0),
                   f"data.{option} must be a positive integer or null, got {value!r}")
+        for option, value in (("subset_seed", subset_seed), ("num_workers", num_workers)):
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                  f"data.{option} must be a non-negative integer, got {value!r}")
+        check(local_dir is None or isinstance(local_dir, (str, os.PathLike)),
+              f"data.local_dir must be a path or null, got {local_dir!r}")
         self.tokenizer = tokenizer
         self.data_dir = resolve_data_dir(local_dir)
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.max_train_samples, self.max_eval_samples, self.subset_seed = max_train_samples, max_eval_samples, subset_seed
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        if self.cache_dir is not None:
+            existing = next((d for d in (self.cache_dir, *self.cache_dir.parents) if d.exists()), None)
+            check(existing is None or existing.is_dir(),
+                  f"data.cache_dir={str(cache_dir)!r} cannot be created: {existing} is not a directory")
         self.splits: dict[str, Dataset] = {}
+        self._checked_rows: dict[str, list[dict]] = {}  # splits read (and checked) by check_sources
 
     # -- sources ---------------------------------------------------------------------------------
     def split_path(self, split: str) -> Path | None:
         return None if self.data_dir is None else self.data_dir / self.task.name / f"{split}.jsonl"
 
+    def _limit(self, split: str) -> int | None:
+        return self.max_train_samples if split == self.task.train_split else self.max_eval_samples
+
     def check_sources(self) -> None:
-        """Fail early (before model loading/training) if a local split file is missing."""
+        """Fail early (before model loading/training) if a local split file is missing.
+
+        With a tokenizer (a run's ``setup``), every local split that has no tokenized cache yet is also
+        read and checked row by row now (JSON, columns, text, labels: ``read_jsonl``), so a bad row stops
+        the run before any stage trains; the rows are kept for tokenizing. A cached split was checked
+        when it was cached (the cache key includes the file's size and mtime).
+        """
         for split in (self.task.train_split, *self.task.eval_splits):
             path = self.split_path(split)
             if path is not None:
                 check(path.is_file(), f"data file {path} not found (task {self.task.name}, split {split})")
+                if self.tokenizer is not None and split not in self._checked_rows and not self._is_cached(split):
+                    self._checked_rows[split] = self._read(path)
+
+    def _read(self, path: Path) -> list[dict]:
+        text_keys = tuple(k for k in self.task.text_keys if k)
+        return read_jsonl(path, text_keys + ("label",), num_labels=self.task.num_labels, text_keys=text_keys)
 
     def _raw(self, split: str) -> Dataset:
         path = self.split_path(split)
-        required = tuple(k for k in self.task.text_keys if k) + ("label",)
         if path is not None:
-            return Dataset.from_list(read_jsonl(path, required))
+            rows = self._checked_rows.pop(split, None)
+            return Dataset.from_list(rows if rows is not None else self._read(path))
         try:
-            return load_dataset(HUB_DATASET, self.task.name, split=split)
+            ds = load_dataset(HUB_DATASET, self.task.name, split=split)
         except Exception as e:
             raise LowbitConfigError(f"cannot load {HUB_DATASET}/{self.task.name} split {split} from the hub "
                                     f"({type(e).__name__}); set data.local_dir or {DATA_DIR_ENV}") from None
+        for i, label in enumerate(ds["label"]):
+            check_label(label, self.task.num_labels, f"{HUB_DATASET}/{self.task.name} split {split} row {i}")
+        return ds
 
     def _cache_key(self, split: str, limit: int | None) -> str:
         path = self.split_path(split)
@@ -130,12 +203,20 @@ class GLUEDataModule(pl.LightningDataModule):
         return ds.map(encode, batched=True, remove_columns=keep, desc=f"tokenize {self.task.name}",
                       new_fingerprint=fingerprint)
 
+    def _cache_path(self, split: str, limit: int | None, key: str | None = None) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.task.name}-{split}-{key or self._cache_key(split, limit)}"
+
+    def _is_cached(self, split: str) -> bool:
+        cache = self._cache_path(split, self._limit(split))
+        return cache is not None and (cache / "dataset_info.json").exists()
+
     def load_split(self, split: str, limit: int | None) -> Dataset:
-        cache, key = None, self._cache_key(split, limit)
-        if self.cache_dir is not None:
-            cache = self.cache_dir / f"{self.task.name}-{split}-{key}"
-            if (cache / "dataset_info.json").exists():
-                return load_from_disk(str(cache))
+        key = self._cache_key(split, limit)
+        cache = self._cache_path(split, limit, key)
+        if cache is not None and (cache / "dataset_info.json").exists():
+            return load_from_disk(str(cache))
         ds = self._tokenize(self._subset(self._raw(split), limit), fingerprint=key)
         if cache is not None:
             ds.save_to_disk(str(cache))
@@ -150,14 +231,18 @@ class GLUEDataModule(pl.LightningDataModule):
         for split in self.task.eval_splits:
             self.splits[split] = self.load_split(split, self.max_eval_samples)
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, sampler=None) -> DataLoader:
         ds = ds.with_format("torch")
         collate = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=self.num_workers)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits[self.task.train_split], self.batch_size, shuffle=True)
+        from lowbit.checkpointing import train_sampler
+
+        # shuffled like shuffle=True, and resumable mid-epoch (lowbit.checkpointing.ResumeState)
+        ds = self.splits[self.task.train_split]
+        self.train_sampler = train_sampler(self, len(ds), self.batch_size)
+        return self._loader(ds, self.batch_size, self.train_sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.splits[s], self.eval_batch_size, shuffle=False) for s in self.task.eval_splits]
+        return [self._loader(self.splits[s], self.eval_batch_size) for s in self.task.eval_splits]

@@ -21,6 +21,15 @@ class GlueTask:
         return self.metrics[0]
 
     @property
+    def default_metric(self) -> str:
+        """The task's default ``optimized_metric`` (``val/<main metric>``; ``conf/data/<task>.yaml`` sets the same)."""
+        return f"val/{self.main_metric}"
+
+    def logged_metrics(self) -> tuple[str, ...]:
+        """Every dev metric a run of this task logs: ``<eval prefix>/<metric>`` (MNLI: ``val/acc``, ``val_mm/acc``)."""
+        return tuple(f"{self.eval_prefix(i)}/{m}" for i in range(len(self.eval_splits)) for m in self.metrics)
+
+    @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 

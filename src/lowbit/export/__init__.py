@@ -202,13 +202,17 @@ def load_packed(path: str | Path) -> nn.Module:
     from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from lowbit.builder import build_methods, prepare_model
+    from lowbit.builder import build_methods, check_trusted_config, prepare_model
+    from lowbit.roles import FAMILIES
 
     path = Path(path)
     check((path / META_FILE).is_file(), f"{path}: no {META_FILE} (not a lowbit packed export)")
     meta = json.loads((path / META_FILE).read_text())
     check(meta.get("format") == FORMAT, f"{path / META_FILE}: unknown format {meta.get('format')!r} (expected {FORMAT})")
     hf = dict(meta["hf_config"])
+    check_trusted_config(meta["methods"], str(path / META_FILE))
+    check(hf.get("model_type") in FAMILIES, f"{path / META_FILE}: model_type {hf.get('model_type')!r} is not supported")
+    hf.pop("auto_map", None)  # never remote code
     config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     model = AutoModelForSequenceClassification.from_config(config)
     method_cfg = OmegaConf.create({g: meta["methods"].get(g, {"_target_": "lowbit.methods.NoMethod"})

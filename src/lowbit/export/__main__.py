@@ -38,24 +38,43 @@ def fp32_safetensors_bytes(model: torch.nn.Module) -> int:
 
 def load_run_checkpoint(ckpt: Path, config: Path | None = None):
     """(model rebuilt from the run's config with the checkpoint's weights, methods, cfg)."""
-    from lowbit.builder import build_model
+    from lowbit.builder import build_model, check_trusted_config
+    from lowbit.models import read_checkpoint
 
-    check(ckpt.is_file(), f"checkpoint {ckpt} not found")
+    check(ckpt.exists(), f"checkpoint {ckpt} not found")
+    check(ckpt.is_file(), f"checkpoint {ckpt} is not a file")
+    state = read_checkpoint(ckpt, "checkpoint")  # the file given first: a text file, a truncated one
     config = config or ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     check(config.is_file(), f"run config {config} not found (pass --config)")
-    cfg = OmegaConf.load(config)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else None
+    try:
+        cfg = OmegaConf.load(config)
+    except Exception as e:  # noqa: BLE001 - YAML syntax errors, undecodable or unreadable file
+        raise LowbitConfigError(f"run config {config} cannot be read as YAML ({type(e).__name__}: "
+                                f"{_first_line(e)})") from None
+    check(OmegaConf.is_dict(cfg) and OmegaConf.is_dict(cfg.get("model")) and OmegaConf.is_dict(cfg.get("data")),
+          f"run config {config} is not a lowbit run config (no model / data groups)")
+    check_trusted_config(cfg, str(config), model=True)  # only lowbit's own classes are built from it
+    state = state.get("state_dict", state)
     check(isinstance(state, dict), f"{ckpt} is not a lowbit checkpoint")
     head = [k for k in ("model.classifier.weight", "model.classifier.out_proj.weight") if k in state]
     check(head, f"{ckpt}: no classifier weights (not a lowbit checkpoint?)")
     cfg.model.init_checkpoint = None
     built = build_model(cfg, num_labels=state[head[0]].shape[0], purpose="deploy", weights="none")
     own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    missing, unexpected = built.model.load_state_dict(own, strict=False)
+    try:
+        missing, unexpected = built.model.load_state_dict(own, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or [_first_line(e)]
+        raise LowbitConfigError(f"{ckpt}: does not fit the run's model ({lines[0].rstrip('.')}; "
+                                f"a checkpoint of another run or model?)") from None
     check(not missing and not unexpected, f"{ckpt}: does not match the run's methods "
                                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return built.model.eval(), built.methods, cfg
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def probe_batch(model: torch.nn.Module, n: int = 4, length: int = 16) -> dict[str, torch.Tensor]:

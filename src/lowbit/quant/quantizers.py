@@ -197,8 +197,19 @@ class ActivationQuantizer(torch.nn.Module):
         return None if self.clip is None else (-self.clip, self.clip)
 
     def _ema_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static (lo, hi) range; in an unfrozen training forward, first EMA-update it with this batch.
+
+        Under an initialised multi-process group (DDP) the batch min and max are all-reduced (MIN / MAX)
+        over ranks before the update (``lowbit.distributed.all_reduce_range``), so every rank holds the
+        same ``running_min`` / ``running_max`` — those of the global batch, as a single process with the
+        whole batch would have them. Each rank's training forwards therefore take part in one collective
+        per EMA observer (all ranks run the same model on equal-sized shards, so the calls match up).
+        """
         if self.training and not self.frozen:
-            lo, hi = x.detach().amin(), x.detach().amax()
+            from lowbit.distributed import all_reduce_range
+
+            ema = self.running_min.dtype  # fp32 even when x is fp16 / bf16 (mixed precision)
+            lo, hi = all_reduce_range(x.detach().amin().to(ema), x.detach().amax().to(ema))
             if not bool(self.initialized):
                 self.running_min.copy_(lo), self.running_max.copy_(hi), self.initialized.fill_(True)
             else:

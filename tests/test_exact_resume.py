@@ -1,0 +1,107 @@
+"""Exact resume: a run killed with SIGKILL at a random step (mid-epoch, in any stage) and resumed ends with the
+same final metrics and weights as the uninterrupted run, bit for bit (CPU, same seed).
+
+The run combines every kind of method state: the float fine-tune stage (its own checkpoints), a frozen teacher
+(distillation), EMA activation observers (8-bit EMA activations), pruning masks and their schedule, the
+optimizer and LR schedule, the data order and the RNG (dropout). ``LOWBIT_RESUME_LOOPS=10`` repeats the
+kill/resume cycle (the issue asks for 10 passes in a row once, locally).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+RUN = ["model=tiny", "logger=none", "callbacks=default", "~callbacks.progress_bar",
+       "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+       "trainer.max_epochs=3", "data.max_train_samples=48", "data.max_eval_samples=16", "data.batch_size=8",
+       "seed=42", "finetune.epochs=1", "distillation=kd_logits", "quantizer=uniform", "bit_assignment.bits=4",
+       "pruning=magnitude", "pruning.final_sparsity=0.5", "pruning.final_warmup=0.2", "ckpt_path=auto"]
+STEPS_FINETUNE, STEPS_MAIN = 6, 18  # 48 / 8 = 6 batches per epoch
+
+
+def _cmd(run_dir: Path, tmp_path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *RUN, f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={tmp_path}/cache"]
+
+
+def _env() -> dict[str, str]:
+    # one thread: the same kernels (and float reduction order) in every process
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1"}
+
+
+def _step_of(ckpt: Path) -> int | None:
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # noqa: BLE001 - not written yet
+        return None
+
+
+def _final(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return summary, state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume_ref")
+    run_dir = tmp / "run"
+    result = subprocess.run(_cmd(run_dir, tmp), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return _final(run_dir)
+
+
+def _kill_at(run_dir: Path, tmp_path: Path, stage: str, step: int) -> None:
+    """Start the run and SIGKILL it once ``stage``'s last.ckpt has reached ``step`` (mid-epoch)."""
+    ckpt = run_dir / ("finetune" if stage == "finetune" else "") / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(_cmd(run_dir, tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        reached = _step_of(ckpt) if ckpt.is_file() else None
+        if reached is not None and reached >= step:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _one_cycle(rng: random.Random, tmp_path: Path, uninterrupted) -> str:
+    stage = rng.choice(["finetune", "main"])
+    steps = STEPS_FINETUNE if stage == "finetune" else STEPS_MAIN
+    step = rng.choice([s for s in range(1, steps) if s % 6 != 0])  # mid-epoch
+    run_dir = tmp_path / f"run_{stage}_{step}_{rng.random():.6f}"
+    _kill_at(run_dir, tmp_path, stage, step)
+    result = subprocess.run(_cmd(run_dir, tmp_path), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary, state = _final(run_dir)
+    ref_summary, ref_state = uninterrupted
+    for key in ("val/acc", "finetune/val/acc", "train/global_step", "pruning/sparsity", "train/loss_logits"):
+        assert summary[key] == ref_summary[key], f"killed in {stage} at step {step}: {key} {summary[key]} != {ref_summary[key]}"
+    assert state.keys() == ref_state.keys()
+    different = [k for k in state if not torch.equal(state[k], ref_state[k])]
+    assert not different, f"killed in {stage} at step {step}: {len(different)} tensors differ, e.g. {different[:3]}"
+    return f"{stage}@{step}"
+
+
+def test_kill_at_a_random_step_and_resume_is_exact(tmp_path, uninterrupted):
+    loops = int(os.environ.get("LOWBIT_RESUME_LOOPS", "1"))
+    rng = random.Random(int(os.environ.get("LOWBIT_RESUME_SEED", str(time.time_ns()))))
+    done = [_one_cycle(rng, tmp_path, uninterrupted) for _ in range(loops)]
+    print("exact resume after SIGKILL at:", ", ".join(done))

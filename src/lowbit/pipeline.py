@@ -40,6 +40,7 @@ from lowbit.module import CompressionModule
 from lowbit.optim import OptimSpec, build_optim
 from lowbit.quant.quantizers import set_observers_frozen
 from lowbit.tracking import write_summary
+from lowbit.validate import validate_run_config
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ def finetune_stage(cfg: DictConfig) -> Stage | None:
 
 
 def setup(cfg: DictConfig) -> Job:
-    from lowbit.validate import validate_run_config
     validate_run_config(cfg)  # first: cross-cutting one-line errors
     check(cfg.get("optimized_metric") is not None, "optimized_metric must be set")
     check_trainer_devices(cfg.trainer)
@@ -278,7 +278,6 @@ def dry_run(cfg: DictConfig, *, defer: Mapping[str, str] | None = None) -> dict[
     their target's signature, but not instantiated (e.g. a table row whose ``sensitivity_file`` an
     earlier row produces). Returns a summary of what was built.
     """
-    from lowbit.validate import validate_run_config
     validate_run_config(cfg)  # first: cross-cutting one-line errors
     import inspect
 

@@ -18,7 +18,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,bench,postgres]"
+	$(PY) -m pip install -q -e ".[dev,bench,postgres,deploy]"
 	touch $(STAMP)
 
 install: $(STAMP)

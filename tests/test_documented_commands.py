@@ -13,6 +13,7 @@ command becomes one test, its id the command as documented, and is checked witho
 - ``python -m lowbit.export CKPT OUT``: run for real when CKPT is the tiny session run, else the
   argument parsing only;
 - ``python -m lowbit.bench NAME ...``: NAME is a benchmark and its parser accepts the options.
+- ``python -m lowbit.deploy CKPT ...``: the options parse and the backend is registered.
 
 Placeholders (``<run dir>``, ``logs/.../checkpoints/best.ckpt``, ``NAME``, ``...``) are replaced as
 ``SUBSTITUTIONS`` says, by files of a tiny run built once per session. A command the extractor
@@ -431,9 +432,19 @@ def check_bench(args: list[str], tiny: TinyRun) -> str:
     return f"{args[0]} options parse"
 
 
+def check_deploy(args: list[str], tiny: TinyRun) -> str:
+    """Arguments parse and the backend exists; deploying a real run is ``tests/test_int8_cpu.py``'s."""
+    from lowbit.deploy import BACKENDS
+    from lowbit.deploy.__main__ import parser
+
+    a = parser().parse_args(args)
+    BACKENDS.get(a.backend)
+    return f"options parse, backend {a.backend} registered"
+
+
 CHECKERS: dict[str, Callable[[list[str], TinyRun], str]] = {
     "train.py": check_train, "lowbit.tables": check_tables, "lowbit.hessian": check_hessian,
-    "lowbit.export": check_export, "lowbit.bench": check_bench,
+    "lowbit.export": check_export, "lowbit.bench": check_bench, "lowbit.deploy": check_deploy,
 }
 
 

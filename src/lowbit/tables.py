@@ -59,6 +59,10 @@ class TableSpec:
     base_overrides: list[str] = field(default_factory=list)
     paper_source: str = "recalled"
     notes: str = ""
+    #: a computed table (no training): ``lowbit.<module>:<function>`` returning {row name: {metric: value}}
+    compute: str | None = None
+    #: metric values are fractions shown as percentages (accuracy); false: shown as they are (errors)
+    percent: bool = True
 
     @classmethod
     def load(cls, name: str) -> "TableSpec":
@@ -111,6 +115,9 @@ def check_spec(spec: TableSpec, where: str | None = None) -> None:
     check(isinstance(spec.base_overrides, list) and all(isinstance(o, str) for o in spec.base_overrides),
           f"{where}: base_overrides must be a list of override strings, got {spec.base_overrides!r}")
     check(spec.paper_source in SOURCES, f"{where}: paper_source must be one of {SOURCES}, got {spec.paper_source!r}")
+    check(spec.compute is None or (isinstance(spec.compute, str)
+                                   and re.fullmatch(r"lowbit(\.[A-Za-z0-9_]+)+:[A-Za-z_][A-Za-z0-9_]*", spec.compute)),
+          f"{where}: compute must name a lowbit function as lowbit.<module>:<function>, got {spec.compute!r}")
     names = [r.name for r in spec.rows]
     duplicates = sorted({n for n in names if names.count(n) > 1}, key=str)
     check(not duplicates, f"{where}: duplicate row names {duplicates}")
@@ -218,6 +225,8 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
     from lowbit.pipeline import run
 
     check_spec(spec)
+    if spec.compute is not None:
+        return run_computed_table(spec, extra_overrides, out_dir, wandb_mode)
     _check_drop_base(spec)
     _compose_rows(spec, extra_overrides, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +245,23 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
         done[row.name] = row_dir
         metrics = json.loads(summary_file.read_text())
         results.append(_table_row(spec, row, metrics))
+    write_table(spec, results, out_dir)
+    log_wandb_table(spec, results, out_dir, wandb_mode)
+    return results
+
+
+def run_computed_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
+    """A table whose rows a lowbit function computes (I-BERT Table 1: approximation errors); no training."""
+    import importlib
+
+    check(not extra_overrides, f"table {spec.name} is computed, not trained: it takes no overrides, got {extra_overrides}")
+    module, function = spec.compute.split(":")
+    values = getattr(importlib.import_module(module), function)()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for row in spec.rows:
+        check(row.name in values, f"table {spec.name}: {spec.compute} computed no row {row.name!r}")
+        results.append(_table_row(spec, row, values[row.name]))
     write_table(spec, results, out_dir)
     log_wandb_table(spec, results, out_dir, wandb_mode)
     return results
@@ -279,6 +305,13 @@ def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
     from lowbit.pipeline import dry_run
 
     check_spec(spec)
+    if spec.compute is not None:  # nothing to compose: check the function exists
+        import importlib
+
+        module, function = spec.compute.split(":")
+        check(callable(getattr(importlib.import_module(module), function, None)),
+              f"table {spec.name}: compute={spec.compute!r} is not a function")
+        return [{"row": r.name, "status": "computed"} for r in spec.rows]
     _check_drop_base(spec)
     done: dict[str, Path] = {}
     results, failures = [], []
@@ -324,9 +357,10 @@ def _table_row(spec: TableSpec, row: TableRow, metrics: dict[str, Any]) -> dict[
     out: dict[str, Any] = {"row": row.name, "paper_row": row.paper_label or row.name}
     for m in spec.metrics:
         value = metrics.get(m)
-        out[f"ours {m}"] = None if value is None else round(100 * value, 2)
-    out["size MB"] = round(metrics["model/size_mb"], 3)
-    out["compression"] = round(metrics["model/compression"], 2)
+        out[f"ours {m}"] = None if value is None else round(100 * value, 2) if spec.percent else float(f"{value:.4g}")
+    if "model/size_mb" in metrics:
+        out["size MB"] = round(metrics["model/size_mb"], 3)
+        out["compression"] = round(metrics["model/compression"], 2)
     for key, value in row.paper.items():
         out[f"paper {key}"] = value
     out["paper source"] = spec.paper_source

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.algorithms import effects as E
+from lowbit.algorithms.ibert.effect import ibert_quantized, integer_ops
 from lowbit.algorithms.pruning import sparsity_reached
 from lowbit.registry import Registry
 
@@ -75,3 +76,9 @@ card("pruning", "magnitude", "unstructured magnitude pruning, cubic or one-shot 
      sparsity_reached,
      "Zhu & Gupta 2017; Sanh et al. 2020; EdgeBERT",
      ("pruning.final_sparsity=0.5", "pruning.final_warmup=0", "pruning.embedding_sparsity=0.6"))
+card("quantizer", "ibert", "I-BERT: symmetric per-channel 8-bit weights, int32 biases, static 8-bit activations, 2^-8 softmax",
+     ibert_quantized, "I-BERT", ("bit_assignment.bits=8",))
+card("approximation", "ibert", "integer-only i-GELU, i-softmax, i-LayerNorm (integer Newton isqrt)", integer_ops, "I-BERT")
+card("approximation", "hgelu", "h-GELU x·ReLU6(1.702x+3)/6 as the GELU (I-BERT's integer baseline)", integer_ops,
+     "I-BERT Table 1/4")
+card("approximation", "sigmoid_gelu", "x·σ(1.702x) as the GELU (I-BERT Table 1)", integer_ops, "I-BERT Table 1")

@@ -1,15 +1,17 @@
 """Deploy backends: what a trained fake-quant model becomes when it runs for real.
 
 ``deploy(model, methods, backend)`` calls every method's ``convert(model, backend)`` in
-``METHOD_ORDER``. ``fake`` is the float simulation the model trains with (the identity for every
-method so far; distillation drops its teacher). The I-BERT issue adds ``int8_cpu`` (integer
-kernels) and the early-exit issue an early-exit runner; each backend registers here with a
-parity test against ``fake`` and a benchmark.
+``METHOD_ORDER`` (a method that cannot run on the backend refuses there in one line), then the
+backend's own converter. ``fake`` is the float simulation the model trains with (the identity for
+every method so far; distillation drops its teacher). ``int8_cpu`` is I-BERT's integer-only encoder
+(``lowbit.deploy.int8_cpu``): int8 weights, int32 accumulators, dyadic requantization, integer
+GELU/softmax/LayerNorm. Each backend has a parity test against ``fake``.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -18,12 +20,26 @@ from lowbit.registry import Registry
 
 #: backend name -> one-line description
 BACKENDS: Registry[str] = Registry("deploy backend")
+#: backend name -> converter of the (method-converted, eval-mode) model
+CONVERTERS: Registry[Callable[[nn.Module], Any]] = Registry("deploy backend converter")
+
 BACKENDS.register("fake", "float simulation of every method (what training runs), eval mode")
+CONVERTERS.register("fake", lambda model: model)
+BACKENDS.register("int8_cpu", "integer-only encoder (I-BERT): int8 weights, int32 accumulators, dyadic requantization")
 
 
-def deploy(model: nn.Module, methods: Mapping[str, Method], backend: str = "fake") -> nn.Module:
+def _int8_cpu(model: nn.Module):
+    from lowbit.deploy.int8_cpu import convert
+
+    return convert(model)
+
+
+CONVERTERS.register("int8_cpu", _int8_cpu)
+
+
+def deploy(model: nn.Module, methods: Mapping[str, Method], backend: str = "fake"):
     BACKENDS.get(backend)  # unknown backend: one line naming the known ones
     for group in METHOD_ORDER:
         if group in methods:
             model = methods[group].convert(model, backend) or model
-    return model.eval()
+    return CONVERTERS.get(backend)(model.eval())

@@ -217,6 +217,12 @@ class ActivationQuantizer(torch.nn.Module):
                 self.running_max.lerp_(hi, 1 - self.momentum)
         return self.running_min, self.running_max
 
+    def static_scale(self) -> torch.Tensor | None:
+        """The scale of a static symmetric grid (``mode="ema"``) as it stands, without updating it; else None."""
+        if self.mode != "ema" or not self.symmetric:
+            return None
+        return torch.maximum(self.running_min.abs(), self.running_max.abs()).clamp_min(1e-8) / (2 ** (self.bits - 1) - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(1, -1)
         if self.mode == "dynamic":

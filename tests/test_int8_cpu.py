@@ -1,0 +1,212 @@
+"""The int8_cpu backend: the integer program equals the QAT model's fake-quant codes at every layer boundary.
+
+Codes of the QAT model are read from its own quantizers (hooks on the 8-bit input quantizers, Q, the
+softmax output); the engine records its integer tensors at the same places. Allowed: one LSB at
+requantization ties (documented in ``lowbit.deploy.int8_cpu``), in a tiny fraction of entries; the
+predictions must be identical. What the engine cannot run is refused in one line before conversion.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_ibert_methods import _model, _prepare, _train_steps
+
+from lowbit.algorithms.ibert.approximation import IntegerApproximation
+from lowbit.algorithms.ibert.recipe import IBertRecipe
+from lowbit.deploy import deploy
+from lowbit.errors import LowbitConfigError
+from lowbit.quant import UniformRecipe
+from lowbit.quant.quantizers import ActivationQuantizer
+from lowbit.roles import find_targets
+
+
+def _qat_codes(model, batch) -> dict[str, torch.Tensor]:
+    """The QAT model's integer codes at the places the engine records them."""
+    found, handles = {}, []
+
+    def grab(key, quantizer):
+        def hook(_m, _inp, out):
+            found[key] = torch.round(out.double() / quantizer.static_scale().double())
+        return hook
+
+    for t in find_targets(model, "attention.query", "attention.output", "ffn.output"):
+        q = next(iter(t.module.input_transforms.values()))
+        key = {"attention.query": "attention_input", "attention.output": "attention_output_input",
+               "ffn.output": "ffn_output_input"}[t.role]
+        handles.append(q.register_forward_hook(grab(f"layer{t.layer}.{key}", q)))
+    for t in find_targets(model, "self_attention"):
+        hooks = t.module.lowbit_attention
+        q = next(iter(hooks.query.values()))
+        handles.append(q.register_forward_hook(grab(f"layer{t.layer}.query", q)))
+        handles.append(hooks.softmax.register_forward_hook(
+            lambda _m, _i, out, k=f"layer{t.layer}.probs": found.__setitem__(k, torch.round(out.double() * 256))))
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for h in handles:
+        h.remove()
+    return found, logits
+
+
+def _trained_ibert(seed=0, steps=4):
+    torch.manual_seed(seed)
+    model = _model()
+    _prepare(model, quantizer=IBertRecipe(), approximation=IntegerApproximation())
+    ids = torch.randint(3, 120, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    _train_steps(model, {"input_ids": ids, "attention_mask": mask}, steps=steps)
+    return model.eval()
+
+
+def _compare(qat: dict, engine: dict, max_mismatch: float):
+    assert qat.keys() <= engine.keys(), sorted(qat.keys() - engine.keys())
+    total = mismatched = 0
+    for key, codes in qat.items():
+        got = engine[key].double().reshape(codes.shape)
+        diff = (got - codes).abs()
+        assert diff.max() <= 1, f"{key}: engine codes differ from the QAT codes by {diff.max():.0f} LSB"
+        total += diff.numel()
+        mismatched += int((diff > 0).sum())
+    assert mismatched <= max_mismatch * total, f"{mismatched}/{total} codes differ by one LSB"
+    return mismatched, total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_engine_codes_equal_qat_codes_at_every_layer_boundary(seed):
+    model = _trained_ibert(seed)
+    torch.manual_seed(100 + seed)
+    ids = torch.randint(3, 120, (4, 16))
+    mask = torch.ones_like(ids)
+    mask[0, 10:] = 0
+    mask[3, 5:] = 0
+    qat, logits = _qat_codes(model, {"input_ids": ids, "attention_mask": mask})
+    engine = deploy(model, {}, "int8_cpu")
+    record = {}
+    out = engine(ids, mask, record=record)
+    _compare(qat, record, max_mismatch=1e-3)
+    assert torch.equal(out.argmax(-1), logits.argmax(-1))
+    assert (out - logits).abs().max() < 1e-3 * (1 + logits.abs().max())
+
+
+def test_engine_tensors_are_integers_of_the_right_width():
+    model = _trained_ibert()
+    ids = torch.randint(3, 120, (2, 10))
+    record = {}
+    deploy(model, {}, "int8_cpu")(ids, torch.ones_like(ids), record=record)
+    for key, codes in record.items():
+        assert torch.equal(codes, codes.round()), key
+        if key.endswith(("input", "query")):
+            assert codes.abs().max() <= 127, key
+        if key.endswith("probs"):
+            assert codes.min() >= 0 and codes.max() <= 255, key
+    engine = deploy(model, {}, "int8_cpu")
+    assert engine.layers[0].query.weight.dtype == torch.int8 and engine.layers[0].query.bias.dtype == torch.int32
+
+
+def test_ternary_weights_deploy_as_int8_codes():
+    from lowbit.algorithms.ternarybert import TernaryRecipe
+    from lowbit.quant import PerModuleBits
+    from lowbit.quant.recipes import ActivationSpec
+
+    torch.manual_seed(0)
+    model = _model()
+    act = ActivationSpec(bits=8, symmetric=True, mode="ema", clip=None, momentum=0.95,
+                         sites=("linear_input", "query", "key", "value"))
+    methods = {"bit_assignment": PerModuleBits(bits=2, word_embedding=8, position_embedding=8, token_type_embedding=8,
+                                               pooler=8),
+               "quantizer": TernaryRecipe(activation=act), "approximation": IntegerApproximation()}
+    for g, m in methods.items():
+        m.group, m.option = g, type(m).__name__
+    from lowbit.builder import prepare_model
+
+    prepare_model(model, methods)
+    ids = torch.randint(3, 120, (3, 12))
+    _train_steps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, steps=3)
+    model.eval()
+    engine = deploy(model, methods, "int8_cpu")
+    assert set(engine.layers[0].query.weight.unique().tolist()) <= {-1, 0, 1}
+    qat, logits = _qat_codes(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    record = {}
+    out = engine(ids, torch.ones_like(ids), record=record)
+    _compare(qat, record, max_mismatch=1e-3)
+    assert torch.equal(out.argmax(-1), logits.argmax(-1))
+
+
+def test_asymmetric_weights_are_refused_before_conversion():
+    torch.manual_seed(0)
+    model = _model()
+    _prepare(model, quantizer=UniformRecipe(symmetric=False, activation={"bits": 8, "symmetric": True, "mode": "ema",
+                                                                           "clip": None}),
+             approximation=IntegerApproximation())
+    ids = torch.randint(3, 120, (3, 8))
+    _train_steps(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, steps=1)
+    with pytest.raises(LowbitConfigError, match=r"int8_cpu cannot run .*query: its weight ranges are asymmetric"):
+        deploy(model, {}, "int8_cpu")
+
+
+def test_float_ops_are_refused():
+    torch.manual_seed(0)
+    model = _model()
+    _prepare(model, quantizer=IBertRecipe(), approximation=IntegerApproximation(softmax="exact"))
+    with pytest.raises(LowbitConfigError, match=r"softmax is float \(approximation.softmax=ibert is needed\)"):
+        deploy(model, {}, "int8_cpu")
+
+
+def test_dynamic_activations_are_refused():
+    torch.manual_seed(0)
+    model = _model()
+    _prepare(model, quantizer=IBertRecipe(activation={"bits": 8, "symmetric": True, "mode": "dynamic", "clip": 2.5,
+                                                      "sites": ["linear_input", "query", "key", "value"]}),
+             approximation=IntegerApproximation())
+    with pytest.raises(LowbitConfigError, match=r"8-bit dynamic.*static ranges"):
+        deploy(model, {}, "int8_cpu")
+
+
+def test_unknown_backend_is_one_line():
+    with pytest.raises(LowbitConfigError, match="unknown deploy backend 'tpu'; known: fake, int8_cpu"):
+        deploy(torch.nn.Linear(2, 2), {}, "tpu")
+
+
+def test_activation_quantizer_static_scale():
+    q = ActivationQuantizer(8, symmetric=True, mode="ema", clip=None, momentum=0.95).train()
+    q(torch.tensor([-2.0, 1.0]))
+    assert q.static_scale().item() == pytest.approx(2.0 / 127)
+    assert ActivationQuantizer(8, mode="dynamic").static_scale() is None
+
+
+def test_deploy_cli_on_a_run_checkpoint_gives_the_same_predictions(tmp_path, make_cfg):
+    """``python -m lowbit.deploy CKPT --backend int8_cpu`` on a run's checkpoint (rebuilt by the model builder):
+    every dev prediction of the integer engine equals the fake-quant model's."""
+    import json
+
+    import pytorch_lightning as pl
+    import yaml
+
+    from lowbit.builder import build_model
+    from lowbit.data.tasks import GLUE_TASKS
+    from lowbit.deploy.__main__ import main
+    from lowbit.methods import all_param_groups
+    from lowbit.module import CompressionModule
+    from lowbit.optim import build_optim
+
+    cfg = make_cfg(["+experiment=ibert_sst2", "model=tiny", "finetune.epochs=0", "logger=none"])
+    torch.manual_seed(0)
+    built = build_model(cfg, num_labels=2)
+    ids = torch.randint(1000, 5000, (3, 16))
+    _train_steps(built.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, steps=3)
+    module = CompressionModule(built.model, GLUE_TASKS.get("sst2"), built.methods, build_optim(cfg.optim),
+                               all_param_groups(built.methods, built.model))
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": module.state_dict(), "epoch": 0, "global_step": 3,
+                "pytorch-lightning_version": pl.__version__}, ckpt)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True)))
+    result = main([str(ckpt), "--backend", "int8_cpu", "--max-eval-samples", "48", "--out", str(tmp_path / "d.json")])
+    assert result["examples"] == 48 and result["predictions_equal"] == 48
+    assert json.loads((tmp_path / "d.json").read_text())["accuracy_deployed"] == result["accuracy_fake"]
+    with pytest.raises(SystemExit, match="--backend: unknown deploy backend 'tpu'"):
+        main([str(ckpt), "--backend", "tpu"])

@@ -576,7 +576,7 @@ def test_extractor_fails_on_what_it_cannot_handle(tiny_run):
     ok, _, info = dry_run_command("python train.py +experiment=demo_sst2 model.init_checkpoint=<teacher ckpt>",
                                   tiny_run)
     assert not ok and "<teacher ckpt>" in info and "SUBSTITUTIONS" in info
-    ok, _, info = dry_run_command("python -m lowbit.deploy x", tiny_run)
+    ok, _, info = dry_run_command("python -m lowbit.nosuchmodule x", tiny_run)
     assert not ok and "CHECKERS" in info
 
 

@@ -118,7 +118,7 @@ class IntLN:
                    module.input_bits)
 
     def __call__(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return I.int_layernorm(codes, self.input_scale, self.weight, self.bias, self.shift)
+        return I.int_layernorm(codes, self.input_scale, self.weight, self.bias, self.shift, grow_shift=False)
 
 
 def _clamp_symmetric(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -163,9 +163,11 @@ class IntLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.input_scale(x)
         codes = I.quantize_symmetric(x, scale, self.input_bits)
-        if self.training and not self.input_scale.frozen:
+        learning = self.training and not self.input_scale.frozen
+        if learning:
             self.shift.fill_(I.layernorm_shift(codes.detach(), int(self.shift)))
-        out, out_scale = I.int_layernorm(codes, scale, self.weight, self.bias, int(self.shift))
+        # frozen: the stored shift, so a row's output never depends on the rest of its batch
+        out, out_scale = I.int_layernorm(codes, scale, self.weight, self.bias, int(self.shift), grow_shift=False)
         return (out * out_scale).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -64,10 +64,11 @@ Where lowbit deliberately differs from the reference
        float ``floor(sqrt(var))`` with a TODO; both are floor(sqrt(var)), so results are equal. The root
        is held at >= 1: a row whose deviations all vanish (var = 0) gives finite output instead of the
        reference's 0 * inf = NaN.
-    3. LayerNorm overflow: ``int_layernorm`` always computes var with the shift
+    3. LayerNorm overflow: ``int_layernorm(grow_shift=True)`` computes var with the shift
        ``layernorm_shift(codes, shift, max_bit)`` (= ``shift`` unless var would reach 2^max_bit), i.e. the
-       reference's training-time fallback, also in evaluation, where the reference goes past 2^max_bit in
-       float. ``layernorm_shift`` computes the reference's ``set_shift`` ceil(log2(sqrt(var / 2^max_bit)))
+       reference's training-time fallback; lowbit's modules and engines pass ``grow_shift=False`` in
+       evaluation (the stored shift, as the reference, so outputs do not depend on the batch; var may then
+       pass 2^max_bit, exact in int64). ``layernorm_shift`` computes the reference's ``set_shift`` ceil(log2(sqrt(var / 2^max_bit)))
        with integer bit lengths instead of float log2/sqrt (equal except where float rounding puts var
        just above a power of 4 onto it).
     4. i-softmax's 16-bit requantization: the reference passes the exp *codes* to its ``QuantAct(16)`` as if
@@ -433,11 +434,14 @@ def layernorm_shift(codes: Tensor, shift: int, max_bit: int = 32) -> int:
 
 
 def int_layernorm(codes: Tensor, scale: Tensor, weight: Tensor, bias: Tensor, shift: int,
-                  max_bit: int = 32) -> tuple[Tensor, Tensor]:
+                  max_bit: int = 32, grow_shift: bool = True) -> tuple[Tensor, Tensor]:
     """i-LayerNorm over the last dim: ``(codes, scale)`` (reference ``IntLayerNorm.forward``, quant mode).
 
     std = isqrt(var) (integer Newton) instead of the reference's float floor(sqrt(var)), held >= 1;
-    var uses ``layernorm_shift(codes, shift, max_bit)`` (``shift`` unless var would reach 2^max_bit).
+    var uses ``layernorm_shift(codes, shift, max_bit)`` (``shift`` unless var would reach 2^max_bit) when
+    ``grow_shift``; with ``grow_shift=False`` (lowbit's evaluation and engines) the given ``shift`` as is: a
+    shift that grows with the batch makes one row's output depend on the other rows (var may then pass
+    2^max_bit on outlier rows: exact in int64 / float64).
     ``scale`` (the input's) does not enter the arithmetic: the output scale is sqrt(n)/2^30 * weight
     (differentiable w.r.t. ``weight``); the bias enters as codes floor(bias/weight / (sqrt(n)/2^30)).
     """
@@ -447,7 +451,8 @@ def int_layernorm(codes: Tensor, scale: Tensor, weight: Tensor, bias: Tensor, sh
     n = q.shape[-1]
     dim_sqrt = torch.sqrt(torch.tensor(float(n), dtype=torch.float32)).to(torch.float64)  # the reference's dim_sqrt
     y = _centered(q)
-    shift = layernorm_shift(q.detach(), shift, max_bit)
+    if grow_shift:  # frozen (evaluation, engines): the stored shift, so a row's output never depends on its batch
+        shift = layernorm_shift(q.detach(), shift, max_bit)
     var = _shifted_var(y, shift)
     std = torch.clamp(_IsqrtSTE.apply(var), min=1) * 2**shift
     factor = floor_ste(2**LAYERNORM_FACTOR_BITS / std)

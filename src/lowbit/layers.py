@@ -207,11 +207,13 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
 
     def _linear_in_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(x/S_x)·(W/S_w)ᵀ·S_x·S_w + b: the product of the integer codes, scaled once, as an integer engine's
-        int32 accumulator. A float matmul of the scaled values rounds every product and partial sum (0.1% off
-        on MiniLM's outlier channels); products and partial sums of 8-bit codes are exact in float32 below 2^24.
-        Gradients as ``F.linear`` (straight through the rounding that recovers the codes)."""
-        from lowbit.algorithms.ibert.integer import round_ste
+        int32 accumulator. A float matmul of the scaled values rounds every product and partial sum; products
+        and partial sums of 8-bit codes are exact in float32 while below 2^24. Gradients as ``F.linear``
+        (straight through the rounding that recovers the codes)."""
         from lowbit.quant.granularity import PerRow, PerTensor
+
+        def round_ste(t: torch.Tensor) -> torch.Tensor:
+            return t + (torch.round(t) - t).detach()
 
         quantizer = next((t for t in self.input_transforms.values() if getattr(t, "static_scale", None)), None)
         s_x = quantizer.static_scale() if quantizer is not None else None

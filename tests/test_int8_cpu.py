@@ -210,3 +210,11 @@ def test_deploy_cli_on_a_run_checkpoint_gives_the_same_predictions(tmp_path, mak
     assert json.loads((tmp_path / "d.json").read_text())["accuracy_deployed"] == result["accuracy_fake"]
     with pytest.raises(SystemExit, match="--backend: unknown deploy backend 'tpu'"):
         main([str(ckpt), "--backend", "tpu"])
+
+
+def test_untrained_model_is_refused():
+    torch.manual_seed(0)
+    model = _model()
+    _prepare(model, quantizer=IBertRecipe(), approximation=IntegerApproximation())
+    with pytest.raises(LowbitConfigError, match="input range was never observed"):
+        deploy(model, {}, "int8_cpu")

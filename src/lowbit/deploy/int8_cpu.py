@@ -56,7 +56,17 @@ def _static_input_scale(layer: nn.Module, name: str) -> torch.Tensor:
         q = quantizers[0]
         raise _refuse(name, f"its input quantizer is {q.bits}-bit {q.mode}, symmetric={q.symmetric}; the engine needs "
                             "8-bit symmetric static ranges (quantizer.activation.mode=ema, symmetric=true)")
+    if not bool(quantizers[0].initialized):
+        raise _refuse(name, "its input range was never observed (the model has not been trained)")
     return scale.detach().double()
+
+
+def _frozen_grid(grid: nn.Module, name: str) -> torch.Tensor:
+    """The static scale of an integer op's input grid (``StaticScale``), refused if it never saw training data."""
+    if not bool(grid.initialized):
+        raise _refuse(name, "its integer op's input range was never observed (the model has not been trained)")
+    with torch.no_grad():
+        return grid(torch.zeros(1)).double()  # frozen in eval: the stored range
 
 
 @dataclass
@@ -112,10 +122,8 @@ class IntLN:
     def from_module(cls, module: nn.Module, name: str) -> IntLN:
         if not isinstance(module, IntLayerNorm):
             raise _refuse(name, "its LayerNorm is float (approximation.layernorm=ibert is needed)")
-        with torch.no_grad():
-            scale = module.input_scale(torch.zeros(1))  # eval: the frozen grid
-        return cls(scale.double(), module.weight.detach().double(), module.bias.detach().double(), int(module.shift),
-                   module.input_bits)
+        return cls(_frozen_grid(module.input_scale, name), module.weight.detach().double(),
+                   module.bias.detach().double(), int(module.shift), module.input_bits)
 
     def __call__(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return I.int_layernorm(codes, self.input_scale, self.weight, self.bias, self.shift, grow_shift=False)
@@ -156,6 +164,8 @@ def _slot_scale(hooks, slot: str, name: str) -> torch.Tensor:
     qs = [t for t in getattr(hooks, slot).values() if isinstance(t, ActivationQuantizer)]
     if not qs or qs[0].static_scale() is None or qs[0].bits != 8:
         raise _refuse(name, f"its attention {slot} is not quantized to 8 bits with a static symmetric range")
+    if not bool(qs[0].initialized):
+        raise _refuse(name, f"its attention {slot} input range was never observed (the model has not been trained)")
     return qs[0].static_scale().detach().double()
 
 
@@ -193,23 +203,21 @@ class IntegerEncoder:
             if not isinstance(act, IntGELU):
                 raise _refuse(r["act_fn"].name, "its GELU is not i-GELU (approximation.gelu=ibert is needed)")
             sm: IntSoftmax = hooks.softmax
-            with torch.no_grad():
-                sm_in = sm.input_scale(torch.zeros(1)).double()
-                sm_exp = sm.exp_scale(torch.zeros(1)).double()
-                gelu_in = act.input_scale(torch.zeros(1)).double()
+            # what the options allow first (weights, activation grids), then whether ranges were observed
+            linears = {role: IntLinear.from_layer(r[role].module, r[role].name)
+                       for role in ("attention.query", "attention.key", "attention.value", "attention.output",
+                                    "ffn.intermediate", "ffn.output")}
+            slots = {slot: _slot_scale(hooks, slot, attn.name) for slot in ("query", "key", "value")}
             layers.append(IntLayer(
-                query=IntLinear.from_layer(r["attention.query"].module, r["attention.query"].name),
-                key=IntLinear.from_layer(r["attention.key"].module, r["attention.key"].name),
-                value=IntLinear.from_layer(r["attention.value"].module, r["attention.value"].name),
-                q_scale=_slot_scale(hooks, "query", attn.name), k_scale=_slot_scale(hooks, "key", attn.name),
-                v_scale=_slot_scale(hooks, "value", attn.name),
-                softmax_input_scale=sm_in, softmax_exp_scale=sm_exp, softmax_input_bits=sm.input_bits,
-                softmax_output_bits=sm.output_bits,
-                attention_output=IntLinear.from_layer(r["attention.output"].module, r["attention.output"].name),
+                query=linears["attention.query"], key=linears["attention.key"], value=linears["attention.value"],
+                q_scale=slots["query"], k_scale=slots["key"], v_scale=slots["value"],
+                softmax_input_scale=_frozen_grid(sm.input_scale, attn.name),
+                softmax_exp_scale=_frozen_grid(sm.exp_scale, attn.name), softmax_input_bits=sm.input_bits,
+                softmax_output_bits=sm.output_bits, attention_output=linears["attention.output"],
                 ln_attention=IntLN.from_module(r["layer_norm.attention"].module, r["layer_norm.attention"].name),
-                intermediate=IntLinear.from_layer(r["ffn.intermediate"].module, r["ffn.intermediate"].name),
-                gelu_input_scale=gelu_in, gelu_input_bits=act.input_bits,
-                ffn_output=IntLinear.from_layer(r["ffn.output"].module, r["ffn.output"].name),
+                intermediate=linears["ffn.intermediate"],
+                gelu_input_scale=_frozen_grid(act.input_scale, r["act_fn"].name), gelu_input_bits=act.input_bits,
+                ffn_output=linears["ffn.output"],
                 ln_ffn=IntLN.from_module(r["layer_norm.ffn"].module, r["layer_norm.ffn"].name),
                 num_heads=heads))
         pooler = find_targets(model, "pooler")[0]

@@ -428,8 +428,10 @@ def start_toy(tmp_path: Path, *overrides: str, env: dict | None = None) -> subpr
     full_env.pop("TOY_KILL_ON_CALL", None)
     full_env.update(env or {})
     cmd = [sys.executable, str(TOY_APP), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    # a shell starts background jobs with SIGINT ignored, and children inherit it (a CI run under `nohup ... &`):
+    # restore the default so Python installs its KeyboardInterrupt handler and the Ctrl-C test means something
     return subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:

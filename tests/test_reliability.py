@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -157,7 +158,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(make_cfg, monkeypatch):
     out = Path(make_cfg(base).paths.output_dir)
     runs = sorted((out / "wandb").glob("offline-run-*"))
     run_id = (out / "wandb-run-id").read_text()
-    assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)  # one W&B run, continued
+    # one W&B run, continued: both directories carry its id (W&B adds "-1" when two start in the same second)
+    assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name) for p in runs)
 
 
 # ---- untrusted files ---------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from lowbit.codes import attach, lookup, recording
+
 ATTN_IMPLEMENTATION = "lowbit"
 HOOKS_ATTR = "lowbit_attention"
 ATTENTION_SLOTS = ("query", "key", "value", "score_observers", "scores", "probs")
@@ -71,6 +73,14 @@ def lowbit_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     scores = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         scores = scores + attention_mask
+    if hooks is not None and recording():
+        # Q, K carry integer codes (8-bit static quantizers, evaluation): the scores' integer accumulator,
+        # masked keys at -inf, is recorded for the softmax's requantization (lowbit.codes)
+        product = _codes_product(query, key.transpose(2, 3), scaling)
+        if product is not None:
+            codes, scale = product
+            masked = scores < torch.finfo(scores.dtype).min / 2
+            attach(scores, codes.masked_fill(masked, float("-inf")), scale)
     if hooks is None:
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     else:
@@ -81,7 +91,19 @@ def lowbit_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         probs = _chain(hooks.probs, hooks.softmax(scores).to(query.dtype))
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    if hooks is not None and recording():
+        product = _codes_product(probs, value)
+        if product is not None:
+            attach(out, product[0].transpose(1, 2), product[1])
     return out, probs
+
+
+def _codes_product(a: torch.Tensor, b: torch.Tensor, factor: float = 1.0):
+    """``(codes, scale)`` of ``a @ b`` from the integer codes both carry (per-tensor scales), or None."""
+    ra, rb = lookup(a), lookup(b)
+    if ra is None or rb is None or ra.scale.numel() != 1 or rb.scale.numel() != 1:
+        return None
+    return torch.matmul(ra.codes, rb.codes), ra.scale.reshape(()) * rb.scale.reshape(()) * factor
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, lowbit_attention_forward)

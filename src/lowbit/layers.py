@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.codes import attach, recording
 from lowbit.errors import LowbitConfigError
 from lowbit.registry import Registry
 
@@ -208,8 +209,11 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
     def _linear_in_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(x/S_x)·(W/S_w)ᵀ·S_x·S_w + b: the product of the integer codes, scaled once, as an integer engine's
         int32 accumulator. A float matmul of the scaled values rounds every product and partial sum; products
-        and partial sums of 8-bit codes are exact in float32 while below 2^24. Gradients as ``F.linear``
-        (straight through the rounding that recovers the codes)."""
+        and partial sums of 8-bit codes are exact in float32 while below 2^24 (evaluation accumulates in
+        float64 when a layer is wide enough to pass it). A bias transform that puts the bias on the
+        accumulator's grid (``codes_on_grid``, I-BERT's int32 bias) adds its codes to the accumulator, and in
+        evaluation the accumulator is recorded as integer codes (``lowbit.codes``) for the next grid.
+        Gradients as ``F.linear`` (straight through the rounding that recovers the codes)."""
         from lowbit.quant.granularity import PerRow, PerTensor
 
         def round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -220,10 +224,27 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
         qp = self.weight_qparams()
         if s_x is None or qp is None or not qp.symmetric or not isinstance(qp.granularity, (PerRow, PerTensor)):
             return F.linear(x, self.effective_weight(), self._bias())
-        s_w = qp.scale.reshape(-1, 1)  # [out, 1] per row, [1, 1] per tensor
-        x_codes = round_ste(x / s_x).to(x.dtype)
-        w_codes = round_ste(self.effective_weight() / s_w).to(x.dtype)
-        y = F.linear(x_codes, w_codes) * (s_x * s_w.reshape(-1)).to(x.dtype)
+        s_w = qp.scale.reshape(-1)  # [out] per row, [1] per tensor
+        acc_scale = s_x.double() * s_w.double()  # the engine's S_x·S_w, in float64 as it computes it
+        x_codes = round_ste(x / s_x)
+        w_codes = round_ste(self.effective_weight() / s_w.reshape(-1, 1))
+        exact_bound = self.in_features * (2 ** (quantizer.bits - 1) - 1) * (2 ** (qp.bits - 1) - 1)
+        dtype = torch.float64 if recording() and exact_bound >= 2**24 else x.dtype
+        acc = F.linear(x_codes.to(dtype), w_codes.to(dtype))
+        grid = [t for t in self.bias_transforms.values() if hasattr(t, "codes_on_grid")]
+        bias_codes = None
+        if self.bias is not None and len(self.bias_transforms) == 1 and grid:
+            bias_codes = grid[0].codes_on_grid(self.bias, acc_scale)  # float64, STE to the bias
+        if recording():
+            acc = acc.double() if bias_codes is None else acc.double() + bias_codes
+            bias = None if bias_codes is not None else self._bias()
+            y = (acc * acc_scale).to(x.dtype)
+            if bias is not None:  # a float bias: the accumulator is not integer any more
+                return y + bias
+            return attach(y, acc, acc_scale)
+        y = acc * acc_scale.to(acc.dtype)
+        if bias_codes is not None:
+            return y + (bias_codes * acc_scale).to(y.dtype)
         bias = self._bias()
         return y if bias is None else y + bias
 

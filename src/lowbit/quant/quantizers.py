@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbit.codes import attach, requantized
 from lowbit.errors import check
 from lowbit.layers import WeightTransform
 from lowbit.quant import functional as Fq
@@ -173,7 +174,8 @@ class ActivationQuantizer(torch.nn.Module):
     (TernaryBERT). ``mode="ema"``: static range tracked by an exponential moving
     average of the batch min/max during training (Q-BERT momentum 0.99, I-BERT 0.95),
     frozen in eval and while ``frozen`` (a stage with frozen observers). Asymmetric grids
-    with a clip keep only codes inside the clip.
+    with a clip keep only codes inside the clip. A static symmetric grid given, in evaluation, a tensor
+    that carries integer codes (``lowbit.codes``) rescales those codes dyadically, as an integer engine.
     """
 
     #: an observer: its statistics move in training unless frozen
@@ -233,6 +235,9 @@ class ActivationQuantizer(torch.nn.Module):
         lo, hi = self._ema_range(Fq.clip_ste(x, self.clip))
         if self.symmetric:
             scale = torch.maximum(lo.abs(), hi.abs()).clamp_min(1e-8) / (2 ** (self.bits - 1) - 1)
+            codes = requantized(x, scale, self.bits)  # x carries integer codes (evaluation): rescale as an engine
+            if codes is not None:
+                return attach((codes * scale.double()).to(x.dtype), codes, scale)
             return Fq.fake_quant_symmetric(flat, self.bits, scale=scale).reshape(x.shape)
         lo_, hi_ = lo.clamp(max=0.0), hi.clamp(min=0.0)
         scale = ((hi_ - lo_) / (2**self.bits - 1)).clamp_min(1e-8)

@@ -23,6 +23,7 @@ alone (I-BERT Table 4: ``approximation=ibert approximation.gelu=hgelu``).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +31,8 @@ import torch
 from torch import nn
 
 from lowbit.algorithms.ibert import integer as I
+from lowbit.codes import attach, lookup, recording, requantized
+from lowbit.dyadic import requantize_symmetric
 from lowbit.errors import LowbitConfigError, check
 from lowbit.methods import Method
 from lowbit.registry import Registry
@@ -86,6 +89,13 @@ class StaticScale(nn.Module):
         return f"bits={self.bits}, momentum={self.momentum}"
 
 
+def _input_codes(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` on an integer op's input grid: its recorded integer codes rescaled dyadically (evaluation, as the
+    engine), else the float value divided by the scale and rounded (training)."""
+    codes = requantized(x, scale, bits)
+    return I.quantize_symmetric(x, scale, bits) if codes is None else codes
+
+
 class IntGELU(nn.Module):
     """i-GELU (I-BERT eq. 7–8): x·½(1 + L(x/√2)), L a second-order polynomial of erf, in integers."""
 
@@ -96,9 +106,9 @@ class IntGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.input_scale(x)
-        codes = I.quantize_symmetric(x, scale, self.input_bits)
+        codes = _input_codes(x, scale, self.input_bits)
         out, out_scale = I.int_gelu(codes, scale)
-        return (out * out_scale).to(x.dtype)
+        return attach((out * out_scale).to(x.dtype), out, out_scale)
 
 
 class FloatGELUApproximation(nn.Module):
@@ -134,10 +144,10 @@ class IntSoftmax(nn.Module):
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         valid = scores > torch.finfo(scores.dtype).min / 2
         scale = self.input_scale(scores, valid)
-        codes = I.quantize_symmetric(scores, scale, self.input_bits)
+        codes = _input_codes(scores, scale, self.input_bits)  # recorded codes: masked keys at -inf -> grid min
         out, out_scale = I.int_softmax(codes, scale, self.output_bits, exp_scale_fn=self.exp_scale)
         out = torch.clamp(out, max=2**self.output_bits - 1)  # p = 1 held as 255/256: codes fit uint8
-        return (out * out_scale).float()
+        return attach((out * out_scale).float(), out, out_scale)
 
     def extra_repr(self) -> str:
         return f"input_bits={self.input_bits}, output_bits={self.output_bits}"
@@ -159,16 +169,52 @@ class IntLayerNorm(nn.Module):
         self.input_bits = input_bits
         self.input_scale = StaticScale(input_bits, momentum)
         self.register_buffer("shift", torch.zeros((), dtype=torch.long))
+        self._addends: list[torch.Tensor | None] = [None, None]  # (sublayer output, residual), see watch_residual
+
+    def watch_residual(self, block: nn.Module) -> bool:
+        """Read the two addends of ``LayerNorm(dense(h) + residual)`` in ``block`` (BERT's ``*Output`` blocks:
+        ``forward(hidden_states, input_tensor)`` with children ``dense`` and this LayerNorm), so that in
+        evaluation the sum is requantized as an engine does it: each addend's integer codes rescaled
+        dyadically onto this op's grid, then added (I-BERT's ``FixedPointMul`` with its identity branch).
+        Returns False (nothing installed) for another layout; the float sum is quantized then."""
+        dense = getattr(block, "dense", None)
+        params = list(inspect.signature(block.forward).parameters)
+        if dense is None or params[:2] != ["hidden_states", "input_tensor"]:
+            return False
+        block.register_forward_pre_hook(self._see_residual, with_kwargs=True)
+        dense.register_forward_hook(self._see_sublayer_output)
+        return True
+
+    def _see_residual(self, _block, args, kwargs):
+        if recording():
+            self._addends[1] = args[1] if len(args) > 1 else kwargs.get("input_tensor")
+
+    def _see_sublayer_output(self, _dense, _args, output):
+        if recording():
+            self._addends[0] = output
+
+    def _residual_codes(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+        sublayer, residual = self._addends
+        self._addends = [None, None]
+        if sublayer is None or residual is None:
+            return None
+        a, r = lookup(sublayer), lookup(residual)
+        # x must be exactly that sum (dropout is the identity in evaluation; anything else: no record)
+        if a is None or r is None or not torch.equal(x, sublayer + residual):
+            return None
+        return requantize_symmetric(a.codes, a.scale, scale, self.input_bits, r.codes, r.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.input_scale(x)
-        codes = I.quantize_symmetric(x, scale, self.input_bits)
+        codes = self._residual_codes(x, scale) if recording() else None
+        if codes is None:
+            codes = _input_codes(x, scale, self.input_bits)
         learning = self.training and not self.input_scale.frozen
         if learning:
             self.shift.fill_(I.layernorm_shift(codes.detach(), int(self.shift)))
         # frozen: the stored shift, so a row's output never depends on the rest of its batch
         out, out_scale = I.int_layernorm(codes, scale, self.weight, self.bias, int(self.shift), grow_shift=False)
-        return (out * out_scale).to(x.dtype)
+        return attach((out * out_scale).to(x.dtype), out, out_scale)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.normalized_shape)}, input_bits={self.input_bits}"
@@ -239,8 +285,12 @@ class IntegerApproximation(Method):
             for target in edit.targets("layer_norm"):
                 check(isinstance(target.module, nn.LayerNorm),
                       f"approximation.layernorm=ibert: {target.name} is a {type(target.module).__name__}, not a LayerNorm")
-                edit.replace(target, IntLayerNorm(target.module, self.layernorm_input_bits, self.momentum))
+                int_ln = IntLayerNorm(target.module, self.layernorm_input_bits, self.momentum)
+                edit.replace(target, int_ln)
                 self.replaced["layernorm"] += 1
+                parent = target.name.rpartition(".")[0]
+                if parent:
+                    int_ln.watch_residual(edit.model.get_submodule(parent))
         self.replaced["int_bias"] = self._integer_biases(edit) if self.int_bias else 0
         for op, choice in self.ops.items():
             if choice != "exact" and self.replaced[op] == 0:

@@ -98,6 +98,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from lowbit.dyadic import batch_frexp
+from lowbit.dyadic import dyadic_rescale as _dyadic_rescale
 from lowbit.errors import check
 
 __all__ = [
@@ -235,29 +237,6 @@ def linear_int(x_codes: Tensor, x_scale: Tensor, w_codes: Tensor, w_scale: Tenso
     acc_scale = _f64(w_scale) * _f64(x_scale).reshape(-1)
     b = None if b_codes is None else _f64(b_codes)
     return torch.nn.functional.linear(_f64(x_codes), _f64(w_codes), b), acc_scale
-
-
-def batch_frexp(ratio: Tensor, max_bit: int = 31) -> tuple[Tensor, Tensor]:
-    """Dyadic form of ``ratio``: ``(m, e)`` with ratio ~ m / 2^e, m an int64 of ``max_bit`` bits.
-
-    As the reference's ``batch_frexp``: frexp gives ratio = f * 2^k with |f| in [0.5, 1); m = f * 2^max_bit
-    rounded half away from zero (``decimal.ROUND_HALF_UP``; f * 2^max_bit is exact in float64, the rounding
-    is done exactly on it), e = max_bit - k (float64). Returns m as int64 and e as float64, like the reference.
-    """
-    with torch.no_grad():
-        r = _f64(ratio)
-        f, k = torch.frexp(r)
-        v = (f * 2.0**max_bit).abs()
-        whole = torch.floor(v)
-        m = (whole + (v - whole >= 0.5).to(torch.float64)) * torch.sign(f)
-        return m.to(torch.int64), float(max_bit) - k.to(torch.float64)
-
-
-def _dyadic_rescale(codes: Tensor, scale_in: Tensor, scale_out: Tensor) -> Tensor:
-    """round(codes * m / 2^e), (m, e) = batch_frexp(S_in / float32(S_out)), in float64 as ``FixedPointMul``."""
-    ratio = scale_in / scale_out.to(torch.float32).to(torch.float64)
-    m, e = batch_frexp(ratio)
-    return torch.round(codes * m.to(torch.float64) / (2.0**e))
 
 
 def requantize(codes: Tensor, scale_in: Tensor, scale_out: Tensor, bits: int,

@@ -10,9 +10,10 @@
 - softmax output: 8-bit unsigned codes with the fixed scale 2^−8 (``FixedScaleQuantizer``).
 
 The nonlinear ops (GELU, softmax, LayerNorm) are the ``approximation`` group's: I-BERT experiments set
-``approximation=ibert``. In the float simulation every rescale is a division by the static scale
-and a round; the integer engine does it with a dyadic multiplier (31-bit mantissa and a shift), which
-equals it except at exact ties (documented there).
+``approximation=ibert``. In evaluation every rescale between integer results is the engine's dyadic
+multiply (31-bit mantissa and a shift) of the recorded integer codes (``lowbit.codes``), so the
+fake-quant model and the ``int8_cpu`` engine compute the same integers; in training (dropout between
+the ops) a rescale is a division by the static scale and a round.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from lowbit.algorithms.ibert import integer as I
+from lowbit.codes import attach
 from lowbit.errors import check
 from lowbit.quant.granularity import PerRow, PerTensor
 from lowbit.quant.quantizers import UniformWeightQuantizer, WeightQuantizer
@@ -59,15 +61,19 @@ class IntBias(nn.Module):
         module = cls.input_scale_module(layer)
         return None if module is None else module.static_scale()
 
+    def codes_on_grid(self, bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The bias's ``bits``-bit codes on the accumulator grid ``scale`` = S_x·S_w (float64; gradient
+        ``grad / scale`` to the bias). A Linear that accumulates in codes adds them to its accumulator."""
+        return I.quantize_symmetric(bias, scale.double(), self.bits)
+
     def forward(self, bias: torch.Tensor, layer=None) -> torch.Tensor:
         if layer is None:
             return bias
         s_x, qp = self.input_scale(layer), layer.weight_qparams()
         if s_x is None or qp is None:
             return bias
-        scale = (qp.scale.reshape(-1).double() * s_x.double())
-        codes = I.quantize_symmetric(bias, scale, self.bits)
-        return (codes * scale).to(bias.dtype)
+        scale = qp.scale.reshape(-1).double() * s_x.double()
+        return (self.codes_on_grid(bias, scale) * scale).to(bias.dtype)
 
 
 class FixedScaleQuantizer(nn.Module):
@@ -82,7 +88,7 @@ class FixedScaleQuantizer(nn.Module):
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         scale = 2.0 ** -self.bits
         codes = torch.clamp(I.round_ste(p.double() / scale), 0, 2**self.bits - 1)
-        return (codes * scale).to(p.dtype)
+        return attach((codes * scale).to(p.dtype), codes, torch.tensor(scale, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, scale=2^-{self.bits}"

@@ -50,9 +50,9 @@ def _qat_codes(model, batch) -> dict[str, torch.Tensor]:
     return found, logits
 
 
-def _trained_ibert(seed=0, steps=4):
+def _trained_ibert(seed=0, steps=4, model_type="bert"):
     torch.manual_seed(seed)
-    model = _model()
+    model = _model(model_type)
     _prepare(model, quantizer=IBertRecipe(), approximation=IntegerApproximation())
     ids = torch.randint(3, 120, (3, 12))
     mask = torch.ones_like(ids)
@@ -305,3 +305,26 @@ def test_engine_equals_the_qat_model_on_the_pretrained_minilm():
     _compare(qat, record)
     assert torch.equal(out, logits)
     assert _rescales_from_records(model, batch) == 15 * model.config.num_hidden_layers + 1
+
+
+def test_roberta_runs_on_the_engine_with_equal_codes_and_logits():
+    """RoBERTa: positions numbered after the padding index (padded batch), no pooler (the float head runs on
+    the dequantized <s> vector), otherwise BERT's layer layout."""
+    model = _trained_ibert(seed=3, model_type="roberta")
+    torch.manual_seed(7)
+    ids = torch.randint(3, 120, (3, 14))
+    mask = torch.ones_like(ids)
+    ids[1, 9:], mask[1, 9:] = model.config.pad_token_id, 0
+    qat, logits = _qat_codes(model, {"input_ids": ids, "attention_mask": mask})
+    record = {}
+    out = deploy(model, {}, "int8_cpu")(ids, mask, record=record)
+    _compare(qat, record)
+    assert torch.equal(out, logits)
+
+
+def test_albert_is_refused_in_one_line():
+    torch.manual_seed(0)
+    model = _model("albert", hidden_act="gelu")
+    _prepare(model, quantizer=IBertRecipe(), approximation=IntegerApproximation())
+    with pytest.raises(LowbitConfigError, match=r"int8_cpu cannot run a 'albert' model: .*\['bert', 'roberta'\]"):
+        deploy(model.eval(), {}, "int8_cpu")

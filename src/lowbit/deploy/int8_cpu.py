@@ -8,7 +8,8 @@ Every rescale between ops is a dyadic requantization (31-bit mantissa and a shif
 ``FixedPointMul``) computed once at conversion; every tensor between ops is an integer tensor with a
 scale. Only the embedding sum (a float lookup of the 8-bit tables, as the model computes it) is quantized
 from float, onto the first LayerNorm's 22-bit input grid, and only the pooler's accumulator is dequantized:
-the pooler's tanh and the float classifier run on the [CLS] vector.
+the pooler's tanh and the float classifier run on the [CLS] vector (BERT). RoBERTa has no pooler: its
+float classification head runs on the dequantized <s> vector.
 
 ``forward`` here is the *reference executor* of that program: exact integer arithmetic in torch
 (int64 values carried in float64 through ``lowbit.algorithms.ibert.integer``, GEMMs of integer codes in
@@ -21,7 +22,8 @@ tiny model and on the pretrained MiniLM; 872/872 SST-2 dev predictions on the I-
 ``experiments/ibert``). In training (dropout between the ops) the QAT model divides by the scale instead.
 
 What cannot deploy is refused in one line before conversion (asymmetric or group-wise weight ranges,
-dynamic or asymmetric activation ranges, a float GELU/softmax/LayerNorm, a model family other than BERT).
+dynamic or asymmetric activation ranges, a float GELU/softmax/LayerNorm, a model family other than BERT
+and RoBERTa).
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ from lowbit.quant.quantizers import ActivationQuantizer
 from lowbit.roles import find_targets
 
 F64 = torch.float64
+
+
+#: model family -> what follows the encoder: BERT's integer pooler (dense + tanh) then the float classifier,
+#: or RoBERTa's float classification head (dense, tanh, out_proj) on the dequantized first vector
+HEADS = {"bert": "pooler", "roberta": "float_head"}
+
+
+class _EmbeddingSumReady(Exception):
+    """Stops the embedding module at its LayerNorm's input (the engine runs the integer LayerNorm)."""
 
 
 def _refuse(what: str, why: str) -> LowbitConfigError:
@@ -174,20 +185,21 @@ def _slot_scale(hooks, slot: str, name: str) -> torch.Tensor:
 
 @dataclass
 class IntegerEncoder:
-    """The integer program of a BERT classifier (see the module docstring)."""
+    """The integer program of a BERT or RoBERTa classifier (see the module docstring)."""
 
     model: nn.Module  # kept for the float embedding lookup, the pooler's tanh and the classifier
     ln_embedding: IntLN
     layers: list[IntLayer]
-    pooler: IntLinear
+    pooler: IntLinear | None  # BERT's integer pooler; None: a float head on the dequantized first vector
     scaling: float
+    embedding_ln: nn.Module | None = None  # the model's first LayerNorm: its input is the embedding sum
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> IntegerEncoder:
         model_type = getattr(model.config, "model_type", "?")
-        if model_type != "bert":
-            raise _refuse(f"a {model_type!r} model", "the integer engine covers the BERT family's layout so far")
+        if model_type not in HEADS:
+            raise _refuse(f"a {model_type!r} model", f"the integer engine covers the layouts of {sorted(HEADS)} so far")
         model = model.eval()
         by_layer: dict[int, dict[str, Any]] = {}
         for t in find_targets(model):
@@ -223,20 +235,33 @@ class IntegerEncoder:
                 ffn_output=linears["ffn.output"],
                 ln_ffn=IntLN.from_module(r["layer_norm.ffn"].module, r["layer_norm.ffn"].name),
                 num_heads=heads))
-        pooler = find_targets(model, "pooler")[0]
+        pooler = None
+        if HEADS[model_type] == "pooler":
+            target = find_targets(model, "pooler")[0]
+            pooler = IntLinear.from_layer(target.module, target.name)
         head_dim = model.config.hidden_size // heads
-        return cls(model, IntLN.from_module(emb_ln.module, emb_ln.name), layers,
-                   IntLinear.from_layer(pooler.module, pooler.name), head_dim**-0.5)
+        return cls(model, IntLN.from_module(emb_ln.module, emb_ln.name), layers, pooler, head_dim**-0.5,
+                   embedding_ln=emb_ln.module)
 
     # -- the program -------------------------------------------------------------------------------
     def _embedding_sum(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        """The float sum of the 8-bit embedding rows, in the order the HF model adds them (bit-identical)."""
-        emb = self.model.bert.embeddings
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = emb.word_embeddings(input_ids) + emb.token_type_embeddings(token_type_ids)
-        return x + emb.position_embeddings(positions)
+        """The float sum of the 8-bit embedding rows as the model's own embedding module computes it (its
+        position ids included: RoBERTa numbers positions after the padding index), read at the input of
+        its LayerNorm, which is not run."""
+        captured = []
+
+        def capture(_module, args):
+            captured.append(args[0])
+            raise _EmbeddingSumReady
+
+        handle = self.embedding_ln.register_forward_pre_hook(capture)
+        try:
+            self.model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        except _EmbeddingSumReady:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, d = x.shape
@@ -298,6 +323,8 @@ class IntegerEncoder:
             record["embedding.output"] = h
         for i, layer in enumerate(self.layers):
             h, h_scale = self._layer(layer, h, h_scale, masked, record, i)
+        if self.pooler is None:  # RoBERTa: the float head (dense, tanh, out_proj) on the dequantized <s> vector
+            return self.model.classifier((h[:, :1] * h_scale).float())
         cls_codes = _requant(h[:, 0], h_scale, self.pooler.input_scale, 8)
         acc, scale = self.pooler(cls_codes)
         pooled = torch.tanh((acc * scale).float())  # the one int -> float step before the head

@@ -324,7 +324,7 @@ def test_incompatible_options_fail_in_one_line_naming_both(make_cfg):
     cfg = make_cfg([*TINY_RUN, "early_exit._target_=test_core_contract.Clashing", "quantizer=uniform"])
     with pytest.raises(LowbitConfigError) as err:
         build_methods(cfg, {"early_exit": "clashing", "quantizer": "uniform"})
-    assert str(err.value) == "quantizer=uniform cannot be combined with early_exit=clashing: needs float weights"
+    assert str(err.value) == "early_exit=clashing cannot be combined with quantizer=uniform: needs float weights"
     build_methods(make_cfg([*TINY_RUN, "early_exit._target_=test_core_contract.Clashing"]))  # quantizer=none: fine
 
 
@@ -349,7 +349,7 @@ def test_deploy_fake_backend_and_unknown_backend(tiny_model, batch):
     quantize_(model, UniformRecipe(activation=None), uniform_bits(4))
     ref = model(**batch).logits
     assert torch.equal(deploy(model, {}, "fake")(**batch).logits, ref)
-    with pytest.raises(LowbitConfigError, match="unknown deploy backend 'tpu'; known: fake"):
+    with pytest.raises(LowbitConfigError, match="unknown deploy backend 'tpu'; known: exit_runner, fake, int8_cpu"):
         deploy(model, {}, "tpu")
 
 

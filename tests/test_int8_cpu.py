@@ -224,7 +224,7 @@ def test_dynamic_activations_are_refused():
 
 
 def test_unknown_backend_is_one_line():
-    with pytest.raises(LowbitConfigError, match="unknown deploy backend 'tpu'; known: fake, int8_cpu"):
+    with pytest.raises(LowbitConfigError, match="unknown deploy backend 'tpu'; known: exit_runner, fake, int8_cpu"):
         deploy(torch.nn.Linear(2, 2), {}, "tpu")
 
 

@@ -35,6 +35,14 @@ def test_table_runs_rows_writes_outputs_and_resumes(tmp_path, monkeypatch):
     md = (out / "tiny_table.md").read_text()
     assert "| fp32 |" in md and "recalled" in md
     assert list((out / "wandb").glob("offline-run-*/*.wandb"))
+    # each row keeps its config beside its checkpoints, as a train.py run does: it exports like any run
+    from omegaconf import OmegaConf
+
+    from lowbit.builder import build_model
+
+    saved = OmegaConf.load(out / "w2" / ".hydra" / "config.yaml")
+    assert saved.data.max_train_samples == 32 and saved.paths.output_dir == str(out / "w2")
+    assert build_model(saved).model.bert.encoder.layer[0].intermediate.dense.quantizer.bits == 2
     # rerun: both rows are done, nothing trains again
     calls = []
     monkeypatch.setattr(CompressionModule, "training_step", lambda *a: calls.append(1))

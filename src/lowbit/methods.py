@@ -1,7 +1,7 @@
 """The method contract: how an option of a method config group takes part in a run.
 
 Every option of ``bit_assignment``, ``quantizer``, ``approximation``, ``pruning``,
-``early_exit`` and ``distillation`` instantiates (Hydra ``_target_``) to a ``Method``. The
+``attention_span``, ``early_exit`` and ``distillation`` instantiates (Hydra ``_target_``) to a ``Method``. The
 pipeline treats them all alike, in ``METHOD_ORDER``; no group is special. A method overrides
 only the hooks it needs, so any combination composes (ternary weights + pruning + early exit).
 
@@ -33,6 +33,9 @@ Hook by hook, in the order a run calls them:
 ``eval_outputs(outputs, batch)`` / ``eval_metrics(collected, labels, task)``
     Keep extra tensors from the one evaluation pass (every off-ramp's logits) and turn the
     whole eval set's worth into metrics (a threshold curve), logged under ``val/``.
+``cached_metrics()``
+    Metrics that answer the whole job without building or training a model (None: train as usual),
+    e.g. early exit scoring a threshold from a run's cached exit logits in an Optuna sweep.
 ``convert(model, backend)``
     What the method becomes in a deployed model; ``fake`` (float simulation) is the identity,
     ``lowbit.deploy`` lists the backends.
@@ -54,10 +57,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-#: order in which methods prepare the model: a teacher is copied before any surgery, weights
-#: are pruned before they are quantized, bits are planned before the quantizer reads the plan,
-#: approximations and exits come last
-METHOD_ORDER = ("distillation", "pruning", "bit_assignment", "quantizer", "approximation", "early_exit")
+#: order in which methods prepare the model: a teacher is copied before any surgery; off-ramps are
+#: added before bits are planned, so they are quantized like the final head; weights are pruned
+#: before they are quantized; bits are planned before the quantizer reads the plan; the attention
+#: span mask and approximations need no order (attention slots keep their own ``chain_order``)
+METHOD_ORDER = ("distillation", "early_exit", "pruning", "attention_span", "bit_assignment", "quantizer",
+                "approximation")
 
 #: f(model_outputs, batch, global_step) -> {name: weighted loss}
 LossTerm = Callable[[Any, Mapping[str, torch.Tensor], int], dict[str, torch.Tensor]]
@@ -71,6 +76,7 @@ class RunInfo:
     has_finetuned_weights: bool = False
     optimizer: str = "torch.optim.AdamW"  # the optimizer's _target_
     purpose: str = "train"
+    num_labels: int | None = None  # the task's (1 = regression); None when not known (a dry run without data)
 
 
 @dataclass
@@ -155,6 +161,9 @@ class Method:
 
     def eval_metrics(self, collected: dict[str, torch.Tensor], labels: torch.Tensor, task) -> dict[str, float]:
         return {}
+
+    def cached_metrics(self) -> dict[str, float] | None:
+        return None
 
     def convert(self, model: nn.Module, backend: str) -> nn.Module:
         return model

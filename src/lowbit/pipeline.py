@@ -94,7 +94,8 @@ def setup(cfg: DictConfig) -> Job:
     first = finetune_stage(cfg)
     before = ([("finetune", first)] if first else []) + stages_of(methods, "before_prepare")
     model = model_spec.build(datamodule.task.num_labels)
-    run_info = RunInfo(has_finetuned_weights=bool(model_spec.init_checkpoint or before), optimizer=optim.target)
+    run_info = RunInfo(has_finetuned_weights=bool(model_spec.init_checkpoint or before), optimizer=optim.target,
+                       num_labels=datamodule.task.num_labels)
     for method in methods.values():
         method.check_ready(run_info)
     # everything is instantiated (and so validated) before the first training step of any stage
@@ -249,7 +250,19 @@ def train(cfg: DictConfig) -> Result:
 
 
 def run(cfg: DictConfig) -> float | list[float] | None:
-    """``train`` and return the sweep objective (``optimized_metric`` or the list in ``objectives``)."""
+    """``train`` and return the sweep objective (``optimized_metric`` or the list in ``objectives``).
+
+    A method whose ``cached_metrics()`` answers the job (early exit scoring a threshold from cached exit
+    logits) makes it a few tensor ops: no model or data is loaded, nothing trains."""
+    validate_run_config(cfg)
+    for group, method in build_methods(cfg, method_choices()).items():
+        cached = method.cached_metrics()
+        if cached is not None:
+            metrics = {**{f"{group}/{k}": v for k, v in cached.items()}, f"{group}/option": method.option,
+                       f"{group}/scored_from_cache": True}
+            if is_rank_zero():
+                write_summary([], metrics, cfg.paths.get("output_dir"))
+            return objective(cfg, metrics)
     return objective(cfg, train(cfg).metrics)
 
 
@@ -338,7 +351,8 @@ def dry_run(cfg: DictConfig, *, defer: Mapping[str, str] | None = None) -> dict[
                         "scheduler": (cfg.optim.get("scheduler") or {}).get("_target_")}
     first = finetune_stage(cfg)
     before = ([("finetune", first)] if first else []) + stages_of(methods, "before_prepare")
-    run_info = RunInfo(has_finetuned_weights=bool(init or before), optimizer=optim.target)
+    num_labels = None if "data" in defer else datamodule.task.num_labels
+    run_info = RunInfo(has_finetuned_weights=bool(init or before), optimizer=optim.target, num_labels=num_labels)
     for method in methods.values():
         method.check_ready(run_info)
     summary["stages"] = ([s.name if g == s.name else f"{g}:{s.name}" for g, s in before] + ["train"]

@@ -15,6 +15,7 @@ dotted; asking for a prefix (``attention``, ``ffn``, ``layer_norm``) returns eve
 | ``pooler`` | ``pooler.dense`` | ``pooler`` |
 | ``classifier`` | ``classifier`` (RoBERTa: ``classifier.dense``, ``classifier.out_proj``) | ``classifier`` |
 | ``exit.<i>`` | modules a method adds (``ModelEditor.add_module``), e.g. off-ramps | same |
+| ``exit_pooler``, ``exit_classifier`` | an added module's children it names in ``child_roles`` (an off-ramp's Linears; ``layer`` = the parent's index) | same |
 
 Patterns are registered per ``config.model_type``; a new family is one ``FAMILIES.register`` call.
 ALBERT shares one layer across depth: its ``layer`` index is the index inside the shared group.
@@ -36,7 +37,9 @@ ROLES = ("word_embedding", "position_embedding", "token_type_embedding", "embedd
 #: roles held by an nn.Linear / nn.Embedding (the ones a weight transform can act on)
 WEIGHT_ROLES = ("word_embedding", "position_embedding", "token_type_embedding", "embedding_projection",
                 "attention.query", "attention.key", "attention.value", "attention.output",
-                "ffn.intermediate", "ffn.output", "pooler", "classifier")
+                "ffn.intermediate", "ffn.output", "pooler", "classifier", "exit_pooler", "exit_classifier")
+#: roles of task heads: never quantized or pruned (the final classifier and every off-ramp's)
+CLASSIFIER_ROLES = ("classifier", "exit_classifier")
 EMBEDDING_ROLES = ("word_embedding", "position_embedding", "token_type_embedding")
 #: the encoder's own Linear weights (what "encoder Linear" means for pruning and layer-wise bits)
 ENCODER_LINEAR_ROLES = ("attention", "ffn")
@@ -134,16 +137,29 @@ def find_targets(model: nn.Module, *roles: str) -> list[Target]:
     found = []
     for name, module in model.named_modules():
         if extras is not None and name.startswith(EXTRA_MODULES_ATTR + "."):
-            key = name[len(EXTRA_MODULES_ATTR) + 1:]
-            role = extra_roles.get(key)
-            if role is not None and matches(role, roles):
-                index = role.rsplit(".", 1)[-1]
-                found.append(Target(name, role, int(index) if index.isdigit() else None, module))
+            hit = _extra_role(extras, extra_roles, name[len(EXTRA_MODULES_ATTR) + 1:])
+            if hit is not None and matches(hit[0], roles):
+                found.append(Target(name, hit[0], hit[1], module))
             continue
         hit = _role_of(name, module, patterns)
         if hit is not None and matches(hit[0], roles):
             found.append(Target(name, hit[0], hit[1], module))
     return found
+
+
+def _extra_role(extras: nn.Module, extra_roles: dict[str, str], key: str) -> tuple[str, int | None] | None:
+    """Role and index of an added module (``exit_3`` with role ``exit.3``) or of a child it names in its
+    ``child_roles`` (``exit_3.pooler`` -> ``exit_pooler``, index 3)."""
+    parent_key, _, child = key.partition(".")
+    role = extra_roles.get(parent_key)
+    if role is None:
+        return None
+    index = role.rsplit(".", 1)[-1]
+    layer = int(index) if index.isdigit() else None
+    if not child:
+        return role, layer
+    child_role = getattr(extras[parent_key], "child_roles", {}).get(child)
+    return None if child_role is None else (child_role, layer)
 
 
 def num_layers(model: nn.Module) -> int:

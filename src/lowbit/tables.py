@@ -166,6 +166,15 @@ VOLATILE_KEYS = ("paths", "hydra", "logger", "callbacks", "tags", "task_name", "
 ROW_CONFIG_FILE = "row_config.json"
 
 
+def save_run_config(cfg, row_dir: Path) -> None:
+    """``<row>/.hydra/config.yaml``, as ``train.py`` writes it, so a row's checkpoint exports, deploys and
+    benchmarks like any run's (``python -m lowbit.deploy <row>/checkpoints/last.ckpt``)."""
+    from omegaconf import OmegaConf
+
+    (row_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, row_dir / ".hydra" / "config.yaml")
+
+
 def row_fingerprint(cfg) -> dict[str, Any]:
     """A row's composed config, flattened to dotted keys, without ``VOLATILE_KEYS``: what its numbers depend on."""
     from omegaconf import OmegaConf
@@ -241,6 +250,7 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
             cfg = compose_train(overrides, row_dir)
             row_dir.mkdir(parents=True, exist_ok=True)
             (row_dir / ROW_CONFIG_FILE).write_text(json.dumps(row_fingerprint(cfg), indent=1, default=str))
+            save_run_config(cfg, row_dir)
             run(cfg)
         done[row.name] = row_dir
         metrics = json.loads(summary_file.read_text())

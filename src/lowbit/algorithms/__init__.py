@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.algorithms import effects as E
+from lowbit.algorithms.early_exit.effect import offramps_trained
 from lowbit.algorithms.ibert.effect import ibert_quantized, integer_ops
 from lowbit.algorithms.pruning import sparsity_reached
 from lowbit.registry import Registry
 
-METHOD_GROUPS = ("quantizer", "bit_assignment", "approximation", "pruning", "early_exit", "distillation")
+METHOD_GROUPS = ("quantizer", "bit_assignment", "approximation", "pruning", "attention_span", "early_exit",
+                 "distillation")
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,12 @@ card("approximation", "ibert", "integer-only i-GELU, i-softmax, i-LayerNorm (int
 card("approximation", "hgelu", "h-GELU x·ReLU6(1.702x+3)/6 as the GELU (I-BERT's integer baseline)", integer_ops,
      "I-BERT Table 1/4")
 card("approximation", "sigmoid_gelu", "x·σ(1.702x) as the GELU (I-BERT Table 1)", integer_ops, "I-BERT Table 1")
+card("early_exit", "entropy", "DeeBERT off-ramps after every layer, entropy exit, one-pass threshold curves",
+     offramps_trained, "DeeBERT; EdgeBERT", ("early_exit.offramp_epochs=1",))
+from lowbit.algorithms.attention_span import spans_in_effect as _spans_in_effect  # noqa: E402
+
+card("attention_span", "adaptive", "learnable attention span per head (soft distance mask, span loss), trimmed eval",
+     _spans_in_effect, "Sukhbaatar et al. 2019; EdgeBERT",
+     ("attention_span.max_span=16", "attention_span.ramp=4", "attention_span.init=0.25", "attention_span.lr=0.01"))
+card("attention_span", "adaptive_seq", "adaptive span sized for the sequence (max_span = data.max_length, ramp 16, LR 1e-2)",
+     _spans_in_effect, "Sukhbaatar et al. 2019; EdgeBERT", ("attention_span.ramp=4", "attention_span.init=0.05"))

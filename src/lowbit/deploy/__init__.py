@@ -5,7 +5,8 @@
 backend's own converter. ``fake`` is the float simulation the model trains with (the identity for
 every method so far; distillation drops its teacher). ``int8_cpu`` is I-BERT's integer-only encoder
 (``lowbit.deploy.int8_cpu``): int8 weights, int32 accumulators, dyadic requantization, integer
-GELU/softmax/LayerNorm. Each backend has a parity test against ``fake``.
+GELU/softmax/LayerNorm. ``exit_runner`` is DeeBERT's early exit at any batch size
+(``lowbit.algorithms.early_exit.runner``). Each backend has a parity test against ``fake``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def _int8_cpu(model: nn.Module):
 
 
 CONVERTERS.register("int8_cpu", _int8_cpu)
+BACKENDS.register("exit_runner", "early exit (DeeBERT) at any batch size: layer by layer, exited samples leave the batch")
+
+
+def _exit_runner(model: nn.Module):
+    from lowbit.algorithms.early_exit.runner import ExitRunner
+    from lowbit.errors import check
+
+    check(isinstance(model, ExitRunner), "backend exit_runner needs early_exit=entropy (a model with off-ramps)")
+    return model
+
+
+CONVERTERS.register("exit_runner", _exit_runner)
 
 
 def deploy(model: nn.Module, methods: Mapping[str, Method], backend: str = "fake"):

@@ -7,7 +7,8 @@ decides *how* each weight is quantized at that bit-width. The classifier is neve
 Every option accepts the same common keys, so switching ``bit_assignment=...`` on top of any
 experiment works: ``bits`` (every quantizable weight a more specific key does not set),
 ``word_embedding``, ``position_embedding``, ``token_type_embedding`` (float unless set),
-``embedding_projection`` (ALBERT) and ``pooler``. ``PerModuleBits`` (``uniform``, ``per_module``,
+``embedding_projection`` (ALBERT), ``pooler`` and ``exit_pooler`` (early-exit off-ramps' pooler Linears;
+default: the pooler's bits — off-ramps are quantized like the final head). ``PerModuleBits`` (``uniform``, ``per_module``,
 ``w2e2``, ...) adds ``attention`` and ``ffn``; layer-wise options (Q-BERT's ``per_layer`` and
 ``hessian``, in ``lowbit.algorithms.qbert``) give the encoder layers their bits instead. All values
 are validated once, here, when the option is built.
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 from lowbit.errors import check
 from lowbit.methods import Method
-from lowbit.roles import ENCODER_LINEAR_ROLES, WEIGHT_ROLES, Target, num_layers
+from lowbit.roles import CLASSIFIER_ROLES, ENCODER_LINEAR_ROLES, WEIGHT_ROLES, Target, num_layers
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -33,6 +34,16 @@ class _Inherit:
 
 
 INHERIT: Any = _Inherit()
+
+
+class _SameAsPooler:
+    """Default of ``exit_pooler``: the value of ``pooler``."""
+
+    def __repr__(self) -> str:
+        return "<same as pooler>"
+
+
+SAME_AS_POOLER: Any = _SameAsPooler()
 
 
 def check_bits(option: str, bits: Any) -> None:
@@ -50,15 +61,18 @@ class BitAssignment(Method):
     token_type_embedding: int | None = None
     embedding_projection: int | None = INHERIT
     pooler: int | None = INHERIT
+    exit_pooler: int | None = SAME_AS_POOLER
 
     #: the fields that hold one bit-width each (subclasses extend)
     BIT_FIELDS: ClassVar[tuple[str, ...]] = ("bits", "word_embedding", "position_embedding", "token_type_embedding",
-                                             "embedding_projection", "pooler")
+                                             "embedding_projection", "pooler", "exit_pooler")
 
     def __post_init__(self):
         for f in fields(self):
             if getattr(self, f.name) is INHERIT:
                 setattr(self, f.name, self.bits)
+        if self.exit_pooler is SAME_AS_POOLER:
+            self.exit_pooler = self.pooler
         for option in self.BIT_FIELDS:
             check_bits(option, getattr(self, option))
         self.validate()
@@ -74,7 +88,7 @@ class BitAssignment(Method):
         """Raise LowbitConfigError if this assignment does not fit ``model`` (e.g. layer count)."""
 
     def bits_for(self, target: Target) -> int | None:
-        if target.role == "classifier":
+        if target.role in CLASSIFIER_ROLES:
             return None
         if target.group in ENCODER_LINEAR_ROLES:
             return self.encoder_bits(target)

@@ -24,7 +24,7 @@ from lowbit.errors import check
 from lowbit.methods import Method
 from lowbit.quant.granularity import Granularity, make_granularity
 from lowbit.quant.quantizers import ActivationQuantizer, UniformWeightQuantizer, WeightQuantizer
-from lowbit.roles import EMBEDDING_ROLES, WEIGHT_ROLES, Target
+from lowbit.roles import CLASSIFIER_ROLES, EMBEDDING_ROLES, WEIGHT_ROLES, Target
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class QuantRecipe(Method):
         check(plan is not None, f"{self.label}: no bit plan (bit_assignment must prepare before the quantizer)")
         planned: list[tuple[Target, WeightQuantizer, int]] = []
         for target in edit.targets(*WEIGHT_ROLES):
-            bits = None if target.role == "classifier" else plan.get(target.name)
+            bits = None if target.role in CLASSIFIER_ROLES else plan.get(target.name)
             if bits is None:
                 report.float_kept.append(target.name)
                 continue
@@ -109,7 +109,7 @@ class QuantRecipe(Method):
         if "linear_input" in spec.sites:
             quantized = {t.name for t, _, _ in planned}
             for target in edit.targets(*WEIGHT_ROLES):
-                if not isinstance(target.module, nn.Linear) or target.role == "classifier":
+                if not isinstance(target.module, nn.Linear) or target.role in CLASSIFIER_ROLES:
                     continue
                 if target.name in quantized or spec.float_layers == "quantize":
                     edit.add_input_transform(target, spec.build())

@@ -105,3 +105,16 @@ def test_ternarybert_table1_runs_end_to_end_on_tiny(name, tmp_path, monkeypatch)
     assert by_row["teacher"]["compression"] == 1.0
     assert by_row["twn_w2e2a8_distill"]["compression"] > by_row["w8e8a8_distill"]["compression"] > 1.0
     assert all(r["paper source"] == "recalled" for r in results)
+
+
+def test_percent_can_name_the_metrics_shown_as_percentages():
+    from lowbit.tables import _table_row, check_spec
+
+    spec = TableSpec(name="t", title="t", metrics=["val/acc", "attention_span/mean_span"], rows=[TableRow("r", [])],
+                     percent=["val/acc"])
+    check_spec(spec)
+    row = _table_row(spec, spec.rows[0], {"val/acc": 0.8177, "attention_span/mean_span": 3.9227})
+    assert row["ours val/acc"] == 81.77 and row["ours attention_span/mean_span"] == 3.923
+    spec.percent = ["val/f1"]
+    with pytest.raises(LowbitConfigError, match="percent must be true, false or a list of the table's metrics"):
+        check_spec(spec)

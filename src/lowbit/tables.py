@@ -61,8 +61,12 @@ class TableSpec:
     notes: str = ""
     #: a computed table (no training): ``lowbit.<module>:<function>`` returning {row name: {metric: value}}
     compute: str | None = None
-    #: metric values are fractions shown as percentages (accuracy); false: shown as they are (errors)
-    percent: bool = True
+    #: metric values are fractions shown as percentages (accuracy); false: shown as they are (errors); a list:
+    #: only those metrics as percentages, the others as they are (accuracy beside a span in tokens)
+    percent: bool | list[str] = True
+
+    def shows_percent(self, metric: str) -> bool:
+        return metric in self.percent if isinstance(self.percent, list) else bool(self.percent)
 
     @classmethod
     def load(cls, name: str) -> "TableSpec":
@@ -115,6 +119,8 @@ def check_spec(spec: TableSpec, where: str | None = None) -> None:
     check(isinstance(spec.base_overrides, list) and all(isinstance(o, str) for o in spec.base_overrides),
           f"{where}: base_overrides must be a list of override strings, got {spec.base_overrides!r}")
     check(spec.paper_source in SOURCES, f"{where}: paper_source must be one of {SOURCES}, got {spec.paper_source!r}")
+    check(isinstance(spec.percent, bool) or (isinstance(spec.percent, list) and set(spec.percent) <= set(spec.metrics)),
+          f"{where}: percent must be true, false or a list of the table's metrics, got {spec.percent!r}")
     check(spec.compute is None or (isinstance(spec.compute, str)
                                    and re.fullmatch(r"lowbit(\.[A-Za-z0-9_]+)+:[A-Za-z_][A-Za-z0-9_]*", spec.compute)),
           f"{where}: compute must name a lowbit function as lowbit.<module>:<function>, got {spec.compute!r}")
@@ -367,7 +373,8 @@ def _table_row(spec: TableSpec, row: TableRow, metrics: dict[str, Any]) -> dict[
     out: dict[str, Any] = {"row": row.name, "paper_row": row.paper_label or row.name}
     for m in spec.metrics:
         value = metrics.get(m)
-        out[f"ours {m}"] = None if value is None else round(100 * value, 2) if spec.percent else float(f"{value:.4g}")
+        out[f"ours {m}"] = (None if value is None else round(100 * value, 2) if spec.shows_percent(m)
+                            else float(f"{value:.4g}"))
     if "model/size_mb" in metrics:
         out["size MB"] = round(metrics["model/size_mb"], 3)
         out["compression"] = round(metrics["model/compression"], 2)

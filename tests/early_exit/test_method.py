@@ -116,6 +116,29 @@ def test_mean_pooling_offramp_ignores_padding():
     torch.testing.assert_close(cls(padded, mask), cls.classifier(torch.tanh(cls.pooler(padded[:, 0]))))
 
 
+def test_each_validation_chooses_the_threshold_on_the_main_dev_set_without_a_callback():
+    """An extra stage's trainer runs no method callbacks: the threshold must still follow every validation's
+    main dev set (MNLI: matched), not the first one's, and never the mismatched set's."""
+    from types import SimpleNamespace
+
+    from lowbit.algorithms.early_exit.curve import candidate_thresholds, operating_points
+
+    method = EntropyEarlyExit()
+    from lowbit.algorithms.early_exit.offramp import ExitPolicy
+
+    method.policy = ExitPolicy()
+    task = SimpleNamespace(main_metric="acc", eval_splits=("validation_matched", "validation_mismatched"))
+    torch.manual_seed(0)
+    for scale in (0.5, 3.0, 8.0):  # three validations, each matched then mismatched
+        matched = torch.randn(60, 3, 3) * scale
+        labels = matched[:, -1].argmax(-1)
+        method.eval_metrics({"logits": matched}, labels, task)
+        method.eval_metrics({"logits": torch.randn(60, 3, 3)}, torch.randint(0, 3, (60,)), task)
+        want = operating_points(threshold_curve(matched, labels, candidate_thresholds(matched)), (1.0,))[0].threshold
+        assert method.policy.chosen() == pytest.approx(want)
+        assert len(method.evals) == 2 and torch.equal(method.evals[0][0], matched)
+
+
 def test_offramps_are_quantized_like_the_final_head(make_cfg):
     from lowbit.builder import build_model
 

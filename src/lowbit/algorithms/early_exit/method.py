@@ -114,6 +114,7 @@ class EntropyEarlyExit(Method):
         self.n_layers = 0
         #: (logits, labels, curve) of each eval set of the latest validation (MNLI: matched, mismatched)
         self.evals: list[tuple[torch.Tensor, torch.Tensor, ExitCurve]] = []
+        self._eval_calls = 0
         self.metric_option, self.pooling = metric, pooling
         self.metric = metric or "acc"
         self.points: list = []
@@ -218,7 +219,11 @@ class EntropyEarlyExit(Method):
         logits = collected["logits"]
         self.metric = self.metric_option or task.main_metric
         curve = threshold_curve(logits, labels, self.grid(logits.shape[-1]), self.metric)
-        if len(self.evals) >= 8:  # no callback clearing it (an extra stage's trainer): keep it bounded
+        # a validation calls this once per eval set, in order (MNLI: matched, then mismatched); counting the calls
+        # finds the main dev set without a callback (an extra stage's trainer runs none of the method's)
+        main = self._eval_calls % max(1, len(getattr(task, "eval_splits", ()) or (None,))) == 0
+        self._eval_calls += 1
+        if main:
             self.evals.clear()
         self.evals.append((logits, labels, curve))
         exact = threshold_curve(logits, labels, candidate_thresholds(logits), self.metric)
@@ -232,7 +237,7 @@ class EntropyEarlyExit(Method):
             key = f"{p.tolerance:g}"
             out.update({f"exit/threshold@{key}": p.threshold, f"exit/{self.metric}@{key}": p.score,
                         f"exit/delta@{key}": p.score - base, f"exit/saving@{key}": p.saving})
-        if len(self.evals) == 1:  # the main dev set chooses the deployed threshold
+        if main:  # the main dev set chooses the deployed threshold
             self.points = points
             chosen = self.threshold
             if chosen is None:
@@ -305,7 +310,7 @@ class EntropyEarlyExit(Method):
 
 
 class ExitCurveCallback(pl.Callback):
-    """Per validation: clears the method's per-eval-set store before, and after writes the main dev set's
+    """Per validation: resets the method's per-eval-set store before (a validation cut short stays harmless), and after writes the main dev set's
     exit logits (``<run dir>/early_exit/exit_logits.pt``, what ``scores_from`` and the benchmark read) and
     logs the threshold curve to W&B as a table and a line plot (accuracy vs expected saving)."""
 
@@ -314,6 +319,7 @@ class ExitCurveCallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.method.evals.clear()
+        self.method._eval_calls = 0
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self.method.evals or not trainer.is_global_zero or trainer.sanity_checking:

@@ -221,7 +221,8 @@ class EntropyEarlyExit(Method):
         curve = threshold_curve(logits, labels, self.grid(logits.shape[-1]), self.metric)
         # a validation calls this once per eval set, in order (MNLI: matched, then mismatched); counting the calls
         # finds the main dev set without a callback (an extra stage's trainer runs none of the method's)
-        main = self._eval_calls % max(1, len(getattr(task, "eval_splits", ()) or (None,))) == 0
+        eval_sets = len(getattr(task, "eval_splits", None) or ("validation",))
+        main = self._eval_calls % eval_sets == 0
         self._eval_calls += 1
         if main:
             self.evals.clear()

@@ -111,6 +111,8 @@ ROWS = [
       "quantizer.bias_bits must be 16 or 32, got 24"),
     R("ibert-softmax-output-bits", "setup", ["quantizer=ibert", "quantizer.softmax_output_bits=1"],
       "quantizer.softmax_output_bits must be in [2, 16] or null, got 1"),
+    R("exit-pooler-bits", "setup", ["early_exit=entropy", "quantizer=uniform", "bit_assignment.exit_pooler=1"],
+      "bit_assignment.exit_pooler must be an integer in [2, 8] or null, got 1"),
     R("early-exit-training-unknown", "setup", ["early_exit=entropy", "early_exit.training=both"],
       "early_exit.training must be one of ('two_stage', 'joint'), got 'both'"),
     R("early-exit-no-offramp-epochs", "setup", ["early_exit=entropy", "early_exit.offramp_epochs=0"],

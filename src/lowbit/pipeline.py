@@ -75,7 +75,8 @@ def finetune_stage(cfg: DictConfig) -> Stage | None:
     return Stage("finetune", epochs, position="before_prepare", lr=lr, losses=("task",))
 
 
-def setup(cfg: DictConfig) -> Job:
+def setup(cfg: DictConfig, methods: dict[str, Method] | None = None) -> Job:
+    """``methods``: the run's method groups when the caller built them already (``run``), else built here."""
     validate_run_config(cfg)  # first: cross-cutting one-line errors
     check(cfg.get("optimized_metric") is not None, "optimized_metric must be set")
     check_trainer_devices(cfg.trainer)
@@ -89,7 +90,7 @@ def setup(cfg: DictConfig) -> Job:
     tokenizer = model_spec.load_tokenizer()
     datamodule: GLUEDataModule = build(cfg.data, tokenizer=tokenizer)
     datamodule.check_sources()
-    methods = build_methods(cfg, method_choices())
+    methods = methods if methods is not None else build_methods(cfg, method_choices())
     optim = build_optim(cfg.optim)
     first = finetune_stage(cfg)
     before = ([("finetune", first)] if first else []) + stages_of(methods, "before_prepare")
@@ -221,9 +222,9 @@ class Result:
     metrics: dict[str, Any]
 
 
-def train(cfg: DictConfig) -> Result:
+def train(cfg: DictConfig, methods: dict[str, Method] | None = None) -> Result:
     """Set up and run every stage of one job; returns the job (its trained model) and the final metrics."""
-    job = setup(cfg)
+    job = setup(cfg, methods)
     if is_rank_zero():
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for logger in job.loggers:
@@ -255,7 +256,8 @@ def run(cfg: DictConfig) -> float | list[float] | None:
     A method whose ``cached_metrics()`` answers the job (early exit scoring a threshold from cached exit
     logits) makes it a few tensor ops: no model or data is loaded, nothing trains."""
     validate_run_config(cfg)
-    for group, method in build_methods(cfg, method_choices()).items():
+    methods = build_methods(cfg, method_choices())
+    for group, method in methods.items():
         cached = method.cached_metrics()
         if cached is not None:
             metrics = {**{f"{group}/{k}": v for k, v in cached.items()}, f"{group}/option": method.option,
@@ -263,7 +265,7 @@ def run(cfg: DictConfig) -> float | list[float] | None:
             if is_rank_zero():
                 write_summary([], metrics, cfg.paths.get("output_dir"))
             return objective(cfg, metrics)
-    return objective(cfg, train(cfg).metrics)
+    return objective(cfg, train(cfg, methods).metrics)
 
 
 def print_summary(task: str, metrics: dict[str, float]) -> None:

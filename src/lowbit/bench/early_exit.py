@@ -38,21 +38,9 @@ DEFAULT_OUT = "experiments/edgebert/results/early_exit_bench.json"
 
 def dev_examples(cfg, max_eval_samples: int | None) -> list[dict[str, torch.Tensor]]:
     """The run's (first) dev split, one unpadded example per entry, with labels."""
-    from omegaconf import OmegaConf
+    from lowbit.deploy.__main__ import dev_loader
 
-    from lowbit.builder import build
-    from lowbit.deploy.__main__ import DATA_TARGETS
-
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
-    check(data_cfg.get("_target_") in DATA_TARGETS, "run config: data._target_ is not lowbit's GLUE data module")
-    data_cfg["cache_dir"] = None
-    spec = build(cfg.model)
-    data = build(OmegaConf.create(data_cfg), tokenizer=spec.load_tokenizer())
-    data.max_eval_samples = max_eval_samples
-    data.check_sources()
-    data.setup("validate")
-    loaders = data.val_dataloader()
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    loader = dev_loader(cfg, max_eval_samples)
     examples = []
     for batch in loader:
         for i in range(batch["input_ids"].shape[0]):

@@ -19,29 +19,35 @@ from lowbit.errors import LowbitConfigError
 DATA_TARGETS = ("lowbit.data.GLUEDataModule", "lowbit.data.glue.GLUEDataModule")
 
 
-def evaluate_deployed(ckpt: Path, backend: str = "int8_cpu", config: Path | None = None,
-                      max_eval_samples: int | None = None, batch_size: int = 32) -> dict:
+def dev_loader(cfg, max_eval_samples: int | None = None):
+    """The first dev split's loader of a run's config: its data settings, without its Hydra-time paths
+    (``${hydra:...}``), its cache dir or any data module but lowbit's (a config read from a file)."""
     from omegaconf import OmegaConf
 
     from lowbit.builder import build
-    from lowbit.deploy import deploy
     from lowbit.errors import check
+
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
+    check(data_cfg.get("_target_") in DATA_TARGETS,
+          f"run config: data._target_={data_cfg.get('_target_')!r} is not lowbit's GLUE data module; refused")
+    data_cfg["cache_dir"] = None
+    data = build(OmegaConf.create(data_cfg), tokenizer=build(cfg.model).load_tokenizer())
+    data.max_eval_samples = max_eval_samples
+    data.check_sources()
+    data.setup("validate")
+    loaders = data.val_dataloader()
+    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+
+def evaluate_deployed(ckpt: Path, backend: str = "int8_cpu", config: Path | None = None,
+                      max_eval_samples: int | None = None, batch_size: int = 32) -> dict:
+    from lowbit.deploy import deploy
     from lowbit.export.__main__ import load_run_checkpoint
 
     model, methods, cfg = load_run_checkpoint(ckpt, config)
     model.eval()
     engine = deploy(model, methods, backend)
-    spec = build(cfg.model)
-    # the run's data settings, without its Hydra-time paths (``${hydra:...}``) and only lowbit's data module
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
-    check(data_cfg.get("_target_") in DATA_TARGETS,
-          f"run config: data._target_={data_cfg.get('_target_')!r} is not lowbit's GLUE data module; refused")
-    data_cfg["cache_dir"] = None
-    data = build(OmegaConf.create(data_cfg), tokenizer=spec.load_tokenizer())
-    data.max_eval_samples = max_eval_samples
-    data.check_sources()
-    data.setup("validate")
-    loader = data.val_dataloader()[0] if isinstance(data.val_dataloader(), list) else data.val_dataloader()
+    loader = dev_loader(cfg, max_eval_samples)
     n = agree = correct_fake = correct_engine = 0
     max_diff, t_fake, t_engine = 0.0, 0.0, 0.0
     with torch.no_grad():

@@ -63,8 +63,13 @@ def check_row(row: dict, engines: list[str]) -> None:
     errs = {n: e["logit_error"]["max_abs"] for n, e in row["engines"].items()}
     assert errs[ib.REFERENCE] == 0
     assert errs["ort_fp32"] < 1e-4  # same FP32 math, another runtime
-    for n in ("torch_ao_dynamic_int8", "ort_dynamic_int8"):
-        assert errs[n] < 0.05, errs  # int8 weights and activations: loose but finite (logits are ~0.04 here)
+    for n in ("torch_ao_dynamic_int8", "ort_dynamic_int8", "int8_ort"):
+        if n in errs:
+            assert errs[n] < 0.05, errs  # int8 weights and activations: loose but finite (logits are ~0.04 here)
+    if "int8_ort" in row["engines"]:  # an integer engine: every op but the GEMMs is an integer elementwise op
+        bd = row["engines"]["int8_ort"]["time_breakdown"]
+        assert bd["gemm_ops"] == ["MatMulInteger"] and "MatMul" not in bd["top_ops_fraction"], bd
+        assert 0 < bd["gemm_fraction"] < 1
 
 
 def test_benchmark_json(tmp_path, monkeypatch):
@@ -83,8 +88,10 @@ def test_benchmark_json(tmp_path, monkeypatch):
     assert result["engines"]["ort_fp32"]["settings"]["export"]["exporter"] == "torchscript"
     assert result["protocol"]["ort_intra_op_spinning"] is False
     assert result["engines"]["ort_fp32"]["settings"]["session"]["config_entries"] == ib.ORT_NO_SPIN
-    # the integer engine does not exist yet: listed as absent, never timed
-    assert "int8_cpu" not in engines and "int8_cpu" in result["engines_absent"]
+    # lowbit's integer engine is one of them
+    assert "int8_ort" in engines and result["engines_absent"] == {}
+    ie = result["engines"]["int8_ort"]["settings"]
+    assert ie["elementwise"] == "tables" and ie["ops"]["MatMulInteger"] == 2 * 8 + 1 and "MatMul" not in ie["ops"]
     assert len(result["results"]) == 1
     check_row(result["results"][0], engines)
     assert set(result["summary"]["tiny/batch1/threads1"]) == set(engines)
@@ -106,7 +113,6 @@ def test_a_registered_engine_is_benchmarked(tmp_path, monkeypatch):
 
     ib.register("int8_cpu", int8_cpu, description="test stand-in")
     result = run_cli(tmp_path, monkeypatch, "--engines", "fp32_eager,ort_dynamic_int8,int8_cpu", "--profile-runs", "0")
-    assert "int8_cpu" not in result["engines_absent"]
     row = result["results"][0]
     assert set(row["engines"]) == {"fp32_eager", "ort_dynamic_int8", "int8_cpu"}
     e = row["engines"]["int8_cpu"]
@@ -138,3 +144,27 @@ def test_kernel_study_graphs_are_exact():
     ref = (a.astype(np.int64) - 128) @ (b.astype(np.int64) - 128)
     assert (sess.run(None, {"A": a})[0] == ref).all()  # u8u8 with zero points: exact s8 x s8 products
     assert ib.check_reference_int64()
+
+
+def test_table3_reads_the_one_thread_seq128_ratios_of_the_benchmark(tmp_path, monkeypatch):
+    from lowbit.algorithms.ibert.tables import BENCH_JSON_ENV, table3_rows
+    from lowbit.errors import LowbitConfigError
+
+    def setting(model, batch, threads, seq, ratio):
+        return {"model": model, "batch": batch, "threads": threads, "seq": seq,
+                "engines": {"fp32_eager": {"speedup_vs_fp32": 1.0}, "int8_ort": {"speedup_vs_fp32": ratio},
+                            "ort_dynamic_int8": {"speedup_vs_fp32": 2 * ratio}}}
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"results": [setting("bert_base", 1, 1, 128, 0.5), setting("bert_base", 1, 2, 128, 9.0),
+                                            setting("bert_base", 8, 1, 64, 9.0), setting("minilm_l6", 8, 1, 128, 0.25)]}))
+    monkeypatch.setenv(BENCH_JSON_ENV, str(path))
+    assert table3_rows() == {"bert_base_bs1": {"int8_engine": 0.5, "ort_dynamic_int8": 1.0},
+                             "minilm_l6_bs8": {"int8_engine": 0.25, "ort_dynamic_int8": 0.5}}
+    monkeypatch.setenv(BENCH_JSON_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(LowbitConfigError, match="missing.json .not found.: run python -m lowbit.bench ibert_inference"):
+        table3_rows()
+    path.write_text("{}")
+    monkeypatch.setenv(BENCH_JSON_ENV, str(path))
+    with pytest.raises(LowbitConfigError, match="is not an ibert_inference benchmark JSON"):
+        table3_rows()

@@ -73,7 +73,7 @@ def _compare(qat: dict, engine: dict):
 
 def _rescales_from_records(model, batch) -> int:
     """How many requantizations of an eval forward rescale recorded integer codes (``lowbit.dyadic``)."""
-    import lowbit.dyadic as dyadic
+    from lowbit import dyadic
 
     calls, original = [0], dyadic.dyadic_rescale
 
@@ -90,14 +90,20 @@ def _rescales_from_records(model, batch) -> int:
     return calls[0]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_engine_codes_equal_qat_codes_at_every_layer_boundary(seed):
-    model = _trained_ibert(seed)
+def _padded_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [4, 16] and a mask with two padded rows."""
     torch.manual_seed(100 + seed)
     ids = torch.randint(3, 120, (4, 16))
     mask = torch.ones_like(ids)
     mask[0, 10:] = 0
     mask[3, 5:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_engine_codes_equal_qat_codes_at_every_layer_boundary(seed):
+    model = _trained_ibert(seed)
+    ids, mask = _padded_batch(seed)
     qat, logits = _qat_codes(model, {"input_ids": ids, "attention_mask": mask})
     engine = deploy(model, {}, "int8_cpu")
     record = {}
@@ -115,7 +121,7 @@ def test_every_rescale_of_the_qat_model_in_evaluation_reads_integer_codes():
     ids = torch.randint(3, 120, (2, 10))
     layers = model.config.num_hidden_layers
     assert _rescales_from_records(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}) == 15 * layers + 1
-    import lowbit.dyadic as dyadic
+    from lowbit import dyadic
 
     calls, original = [0], dyadic.dyadic_rescale
     dyadic.dyadic_rescale = lambda *a: (calls.__setitem__(0, calls[0] + 1), original(*a))[1]

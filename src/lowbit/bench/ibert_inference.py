@@ -12,7 +12,7 @@ engines, ONNX Runtime's node profiling for ORT sessions). ``os.getloadavg()`` is
 
 Engines are a registry: ``register("int8_cpu", builder)`` adds one, where ``builder(ctx: EngineContext) ->
 Engine`` and ``Engine.run(input_ids, attention_mask) -> logits`` (numpy int64 in, numpy or torch out).
-The lowbit ``int8_cpu`` deploy backend is not registered yet and the JSON lists it under ``engines_absent``.
+``int8_ort`` is lowbit's integer engine (the ``int8_ort`` deploy backend: the ``int8_cpu`` program in ONNX Runtime).
 
 ``--kernels`` runs the kernel study behind ``experiments/ibert/kernels.md`` instead: ORT ``MatMulInteger`` with
 u8/s8 operand types vs fp32 MatMul (exactness against an exact integer reference and speed), integer elementwise
@@ -231,8 +231,7 @@ ENGINES: Registry[EngineBuilder] = Registry("ibert_inference engine")
 DESCRIPTIONS: dict[str, str] = {}
 REFERENCE = "fp32_eager"
 #: engines that will exist but are not registered yet (listed in the JSON, never timed)
-PLANNED = {"int8_cpu": "lowbit deploy backend int8_cpu (I-BERT integer-only encoder): not implemented yet; "
-                       "register it with lowbit.bench.ibert_inference.register('int8_cpu', builder)"}
+PLANNED: dict[str, str] = {}
 
 
 def register(name: str, builder: EngineBuilder | None = None, description: str = ""):
@@ -381,6 +380,24 @@ def ort_profile_by_op(profile_json: str | Path) -> dict[str, float]:
     return by_op
 
 
+def ort_profile_runs(psess, feeds: dict, n: int) -> dict[str, float]:
+    """Seconds per op type over ``n`` runs of a profiling session (one extra first run, whose node times include
+    one-off allocations, is dropped); the profile file is removed."""
+    for _ in range(n + 1):
+        psess.run(None, feeds)
+    prof_path = psess.end_profiling()
+    events = json.loads(Path(prof_path).read_text())
+    Path(prof_path).unlink(missing_ok=True)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = runs[1]["ts"] if len(runs) > 1 else 0
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0) / 1e6
+    return by_op
+
+
 def _ort_engine(ctx: EngineContext, path: Path, settings: dict, artifacts: dict,
                 config: dict[str, str] | None = None) -> Engine:
     key = ("ort_session", str(path), ctx.threads, tuple(sorted((config or {}).items())))
@@ -394,18 +411,7 @@ def _ort_engine(ctx: EngineContext, path: Path, settings: dict, artifacts: dict,
     def profile(ids, mask, n):
         prefix = str(ctx.workdir / f"ortprof_{path.stem}_t{ctx.threads}")
         psess = ort_session(path, ctx.threads, profile_prefix=prefix, config=config, spinning=ctx.ort_spinning)
-        for _ in range(n + 1):  # the first run's node times include one-off allocations: drop them below
-            psess.run(None, {"input_ids": ids, "attention_mask": mask})
-        prof_path = psess.end_profiling()
-        events = json.loads(Path(prof_path).read_text())
-        Path(prof_path).unlink(missing_ok=True)
-        runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-        start = runs[1]["ts"] if len(runs) > 1 else 0
-        by_op: dict[str, float] = {}
-        for e in events:
-            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= start:
-                op = e.get("args", {}).get("op_name", "?")
-                by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0) / 1e6
+        by_op = ort_profile_runs(psess, {"input_ids": ids, "attention_mask": mask}, n)
         return by_op, "onnxruntime enable_profiling: node kernel time summed by op type (first run dropped)"
 
     settings = {**settings, "session": {"intra_op_num_threads": ctx.threads, "inter_op_num_threads": 1,
@@ -458,6 +464,44 @@ def _ort_dynamic(ctx: EngineContext) -> Engine:
 # --------------------------------------------------------------------------- #
 # the benchmark
 # --------------------------------------------------------------------------- #
+@register("int8_ort", description="lowbit deploy backend int8_ort: I-BERT's integer-only encoder (int8 weights, "
+                                   "static 8-bit activations, dyadic requantization, i-softmax/i-GELU/i-LayerNorm) as "
+                                   "an integer ONNX graph in ONNX Runtime (MatMulInteger u8 x u8)")
+def _int8_ort(ctx: EngineContext) -> Engine:
+    from lowbit.deploy.int8_cpu import IntegerEncoder
+    from lowbit.deploy.int8_ort import OrtIntegerEncoder, ibert_from_float
+
+    if "int8_ort_encoder" not in ctx.cache:
+        # the speed does not depend on the values: the FP32 model made I-BERT, ranges observed on this input
+        ids, mask = (torch.from_numpy(a) for a in ctx.example)
+        qmodel = ibert_from_float(copy.deepcopy(ctx.model), [{"input_ids": ids, "attention_mask": mask}])
+        ctx.cache["int8_ort_encoder"] = IntegerEncoder.from_model(qmodel)
+    encoder = ctx.cache["int8_ort_encoder"]
+    key = ("int8_ort", ctx.threads)
+    if key not in ctx.cache:
+        ctx.cache[key] = OrtIntegerEncoder(encoder, threads=ctx.threads, spinning=ctx.ort_spinning)
+    engine = ctx.cache[key]
+
+    def run(ids, mask):  # the embedding lookup (float sum of 8-bit rows, quantized) and the float head included
+        return engine(torch.from_numpy(ids), torch.from_numpy(mask))
+
+    def profile(ids, mask, n):
+        codes = engine.embedding_codes(torch.from_numpy(ids))
+        prefix = str(ctx.workdir / f"ortprof_int8_t{ctx.threads}")
+        psess = ort_session(engine.model_bytes, ctx.threads, profile_prefix=prefix, spinning=ctx.ort_spinning)
+        by_op = ort_profile_runs(psess, {"embedding_codes": codes, "attention_mask": mask}, n)
+        return by_op, ("onnxruntime enable_profiling of the integer graph: node kernel time by op type (first run "
+                       "dropped; the torch embedding lookup and float head are outside it)")
+
+    settings = {"backend": "lowbit.deploy int8_ort", "elementwise": engine.elementwise, **engine.stats(),
+                "calibration": "I-BERT static ranges observed on the benchmark's own input batch (speed only)",
+                "session": {"intra_op_num_threads": ctx.threads, "inter_op_num_threads": 1,
+                            "execution_mode": "sequential", "graph_optimization_level": "ORT_ENABLE_ALL",
+                            "provider": "CPUExecutionProvider"}}
+    return Engine(run, settings, profile, frozenset({"MatMulInteger"}), frozenset(),
+                  {"onnx_bytes": len(engine.model_bytes)})
+
+
 def breakdown(by_op: dict[str, float], gemm_ops, attention_ops, source: str, runs: int) -> dict:
     total = sum(by_op.values())
     gemm = sum(v for k, v in by_op.items() if k in gemm_ops)

@@ -5,7 +5,8 @@
 backend's own converter. ``fake`` is the float simulation the model trains with (the identity for
 every method so far; distillation drops its teacher). ``int8_cpu`` is I-BERT's integer-only encoder
 (``lowbit.deploy.int8_cpu``): int8 weights, int32 accumulators, dyadic requantization, integer
-GELU/softmax/LayerNorm. ``exit_runner`` is DeeBERT's early exit at any batch size
+GELU/softmax/LayerNorm; ``forward`` is its reference executor (exact integers in torch). ``int8_ort`` runs the
+same program with ONNX Runtime's integer kernels (``lowbit.deploy.int8_ort``). ``exit_runner`` is DeeBERT's early exit at any batch size
 (``lowbit.algorithms.early_exit.runner``). Each backend has a parity test against ``fake``.
 """
 
@@ -36,6 +37,17 @@ def _int8_cpu(model: nn.Module):
 
 
 CONVERTERS.register("int8_cpu", _int8_cpu)
+BACKENDS.register("int8_ort", "the int8_cpu integer program as an integer-only ONNX graph run by ONNX Runtime "
+                              "(MatMulInteger u8 x u8, int64 dyadic requantization, tabulated i-exp / i-GELU)")
+
+
+def _int8_ort(model: nn.Module):
+    from lowbit.deploy.int8_ort import convert
+
+    return convert(model)
+
+
+CONVERTERS.register("int8_ort", _int8_ort)
 BACKENDS.register("exit_runner", "early exit (DeeBERT) at any batch size: layer by layer, exited samples leave the batch")
 
 

@@ -3,7 +3,10 @@
 The teacher is a frozen float copy of the model taken *before* any compression surgery
 (``distillation`` prepares first in ``METHOD_ORDER``), so the student starts from the
 teacher's weights. The model must already be fine-tuned: ``model.init_checkpoint`` or a
-``finetune`` stage in the same run. The teacher runs in eval mode under ``no_grad``; it is
+``finetune`` stage in the same run. Or the teacher is another model (``distillation.teacher``: a
+``model`` spec whose ``init_checkpoint`` holds its fine-tuned weights — EdgeBERT distils an ALBERT
+student from a larger fine-tuned model); it must read the student's token ids (same vocabulary size),
+and hidden-state / attention-score losses need its layer count and sizes to match. The teacher runs in eval mode under ``no_grad``; it is
 not a submodule of the Lightning module, so it is never optimised nor checkpointed.
 Hidden states are requested and attention scores captured only when their weight is > 0.
 """
@@ -11,7 +14,8 @@ Hidden states are requested and attention scores captured only when their weight
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +64,8 @@ class Distillation(Method):
     name = "distillation"
 
     def __init__(self, logits_weight: float = 1.0, hidden_weight: float = 0.0, attention_weight: float = 0.0,
-                 hard_label_weight: float = 0.0, logits_loss: str = "soft_ce", temperature: float = 1.0):
+                 hard_label_weight: float = 0.0, logits_loss: str = "soft_ce", temperature: float = 1.0,
+                 teacher: Any = None):
         for option, value in (("logits_weight", logits_weight), ("hidden_weight", hidden_weight),
                               ("attention_weight", attention_weight), ("hard_label_weight", hard_label_weight)):
             check(value >= 0, f"distillation.{option} must be >= 0, got {value!r}")
@@ -70,6 +75,7 @@ class Distillation(Method):
         self.logits_weight, self.hidden_weight, self.attention_weight = logits_weight, hidden_weight, attention_weight
         self.task_loss_weight = hard_label_weight
         self.logits_loss, self.temperature = logits_loss, temperature
+        self.teacher_spec = _teacher_spec(teacher)
         self.teacher: nn.Module | None = None
         self._student_scores, self._teacher_scores = ScoreCapture(only_with_grad=True), ScoreCapture(False)
         self.last_terms: set[str] = set()
@@ -77,14 +83,40 @@ class Distillation(Method):
     def check_ready(self, run) -> None:
         if run.purpose != "train":
             return
+        if self.teacher_spec is not None:  # its own fine-tuned weights; the student may start from pretrained ones
+            check(self.teacher_spec.init_checkpoint is not None,
+                  "distillation.teacher.init_checkpoint must name the fine-tuned teacher's weights (a lowbit run's "
+                  ".ckpt or a HF directory): a teacher with a fresh classifier head teaches noise")
+            return
         check(run.has_finetuned_weights, "distillation needs a fine-tuned teacher: set model.init_checkpoint=PATH "
-                                     "or finetune.epochs>0 (fine-tune it first in this run)")
+                                     "or finetune.epochs>0 (fine-tune it first in this run), or distillation.teacher")
+
+    def _build_teacher(self, student: nn.Module) -> nn.Module:
+        from lowbit.errors import LowbitConfigError
+
+        try:
+            teacher = self.teacher_spec.build(num_labels=student.config.num_labels)
+        except LowbitConfigError as e:  # name the option: it is the teacher's spec, not the student's
+            raise LowbitConfigError(str(e).replace("model.", "distillation.teacher.")) from None
+        t, s = teacher.config, student.config
+        check(t.vocab_size == s.vocab_size,
+              f"distillation.teacher={self.teacher_spec.name!r} has a vocabulary of {t.vocab_size} tokens, the student "
+              f"{s.vocab_size}: the teacher must read the student's token ids (same tokenizer)")
+        if self.hidden_weight > 0 or self.attention_weight > 0:
+            same = (t.num_hidden_layers, t.hidden_size, t.num_attention_heads) == \
+                (s.num_hidden_layers, s.hidden_size, s.num_attention_heads)
+            check(same, f"distillation.hidden_weight / attention_weight need a teacher of the student's shape: "
+                        f"teacher {self.teacher_spec.name!r} has {t.num_hidden_layers} layers, hidden {t.hidden_size}, "
+                        f"{t.num_attention_heads} heads; the student {s.num_hidden_layers}, {s.hidden_size}, "
+                        f"{s.num_attention_heads} (logit distillation works with any teacher)")
+        return teacher
 
     def prepare(self, model: nn.Module, edit) -> None:
         if edit.purpose != "train":  # a deployed / analysed model needs no teacher
             return
-        # the teacher is a copy taken before any other method's surgery (distillation prepares first)
-        self.teacher = copy.deepcopy(model).eval()
+        # the teacher is a copy taken before any other method's surgery (distillation prepares first), or its own
+        # model when distillation.teacher names one
+        self.teacher = (copy.deepcopy(model) if self.teacher_spec is None else self._build_teacher(model)).eval()
         self.teacher.requires_grad_(False)
         if self.attention_weight > 0:
             teacher_edit = ModelEditor(self.teacher, edit.purpose)
@@ -132,4 +164,29 @@ class Distillation(Method):
         return model
 
     def summary(self) -> dict[str, Any]:
-        return {"loss_terms": ",".join(sorted(self.last_terms)), "teacher_frozen": self.teacher is not None and not any(p.requires_grad for p in self.teacher.parameters())}
+        frozen = self.teacher is not None and not any(p.requires_grad for p in self.teacher.parameters())
+        return {"loss_terms": ",".join(sorted(self.last_terms)), "teacher_frozen": frozen,
+                "teacher": "student copy" if self.teacher_spec is None else self.teacher_spec.name}
+
+
+def _teacher_spec(teacher: Any):
+    """``distillation.teacher``: None (a copy of the fine-tuned student), a ``ModelSpec`` or a mapping of its
+    fields (``name``, ``source``, ``init_checkpoint``, ...)."""
+    from lowbit.errors import LowbitConfigError
+    from lowbit.models import ModelSpec
+
+    if teacher is None or isinstance(teacher, ModelSpec):
+        return teacher
+    if hasattr(teacher, "items"):  # a DictConfig or dict
+        fields = {k: v for k, v in dict(teacher.items()).items() if k != "_target_"}
+        check(isinstance(fields.get("name"), str), "distillation.teacher needs a name (a model package, hub id or "
+                                                   f"directory), got {fields.get('name')!r}")
+        try:
+            return ModelSpec(**fields)
+        except TypeError as e:
+            known = "name, source, tokenizer, config, model_type, init_checkpoint"
+            raise LowbitConfigError(f"distillation.teacher: {e} (fields: {known})") from None
+        except LowbitConfigError as e:
+            raise LowbitConfigError(str(e).replace("model.", "distillation.teacher.")) from None
+    raise LowbitConfigError(f"distillation.teacher must be null or a model spec (name, source, init_checkpoint, ...), "
+                            f"got {teacher!r}")

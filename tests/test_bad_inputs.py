@@ -77,6 +77,9 @@ ROWS = [
     R("init-ckpt-wrong-model", "setup", ["model.init_checkpoint={wrong}"], "shape mismatch for"),
     R("init-ckpt-text-file-dry-run", "dry", ["model.init_checkpoint={text}"], "is not a PyTorch checkpoint"),
     R("resume-ckpt-missing", "setup", ["ckpt_path=/no/such.ckpt"], "/no/such.ckpt"),
+    R("resume-ckpt-text-file", "setup", ["ckpt_path={text}"], "ckpt_path='{text}' is not a PyTorch checkpoint"),
+    R("resume-ckpt-truncated", "setup", ["ckpt_path={trunc}"], "ckpt_path='{trunc}' is truncated or corrupt"),
+    R("resume-ckpt-carries-code", "setup", ["ckpt_path={code}"], "ckpt_path='{code}' cannot be loaded as weights"),
     # -- method groups: quantizer, bit_assignment, pruning, distillation ---------------------------------------------
     R("bits-out-of-range", "setup", ["quantizer=uniform", "bit_assignment.bits=9"],
       "bit_assignment.bits must be an integer in [2, 8]"),
@@ -284,6 +287,15 @@ TABLES = {
 }
 
 
+class _RunsCode:
+    """Pickles as a call to ``os.system`` (what a crafted checkpoint does): a weights-only load refuses it."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch /tmp/lowbit_resume_ran_code",)
+
+
 def _tiny_state(hidden: int = 32) -> dict[str, torch.Tensor]:
     cfg = tiny_config("bert")
     cfg.hidden_size, cfg.intermediate_size = hidden, 2 * hidden
@@ -300,6 +312,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     data = (d / "good.ckpt").read_bytes()
     (d / "trunc.ckpt").write_bytes(data[: len(data) // 2])
     torch.save({"state_dict": _tiny_state(hidden=16)}, d / "wrong.ckpt")
+    torch.save({"state_dict": {}, "loops": _RunsCode()}, d / "code.ckpt")  # resuming it must not run its code
     run = d / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".hydra").mkdir()
@@ -315,6 +328,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     for name, text in TABLES.items():
         (conf / "table" / f"{name}.yaml").write_text(text)
     return {"text": str(d / "notes.txt"), "empty": str(d / "empty.ckpt"), "trunc": str(d / "trunc.ckpt"),
+            "code": str(d / "code.ckpt"),
             "wrong": str(d / "wrong.ckpt"), "run": str(run), "conf": str(conf), "small_glue": str(d / "glue")}
 
 
@@ -394,6 +408,7 @@ def test_bad_input_is_one_line_before_training(kind, args, fragment, file_texts,
     for key, value in env.items():
         monkeypatch.setenv(key, _fill(value, subs))
     args = [_fill(a, subs) for a in args]
+    fragment = _fill(fragment, subs)
 
     if kind in ("setup", "dry"):
         from lowbit.pipeline import dry_run, setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF, TINY_RUN
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -64,6 +65,10 @@ def test_method_option_trains_and_shows_its_effect(option, make_cfg):
     assert result.metrics[f"{card.group}/option"] == card.option
     ctx = EffectContext(result.job.model, result.metrics, result.job.methods)
     assert card.effect(ctx) is True, f"{option}: its effect did not apply with its own test settings"
+    # a resume loads checkpoints as data only (fit(weights_only=True)): every option's state must be plain data
+    ckpt = Path(cfg.paths.output_dir) / "resume_check.ckpt"
+    result.job.trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_mnli_reports_matched_and_mismatched(make_cfg):

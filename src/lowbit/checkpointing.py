@@ -159,6 +159,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     if ckpt_path == "auto":
         return str(last) if last.is_file() else None
     check(Path(str(ckpt_path)).is_file(), f"ckpt_path={ckpt_path!r} does not exist")
+    from lowbit.models import read_checkpoint
+
+    # loaded as data first (weights_only): a text, truncated or code-carrying file is one line here, before any
+    # training; the trainer then loads it with weights_only=True as well
+    read_checkpoint(ckpt_path, "ckpt_path")
     return str(ckpt_path)
 
 

@@ -182,7 +182,8 @@ def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], dat
         log.info("stage %s: %d epoch(s) at lr %s", stage.name, stage.epochs, stage.lr or "optim.lr")
         trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt, last, ResumeState(datamodule)], logger=False,
                                     enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last.path) if last.path.is_file() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last.path) if last.path.is_file() else None,
+                    weights_only=True)  # a resumed checkpoint is data, never code
         if best.exists():  # the best epoch, not the last (fast_dev_run saves none)
             load_finetuned_weights(model, best, option=f"stage {stage.name} checkpoint")
         # metrics of exactly the weights the next stage starts from
@@ -231,7 +232,7 @@ def train(cfg: DictConfig, methods: dict[str, Method] | None = None) -> Result:
             logger.log_hyperparams(resolved)
     size = job.module.model_size()
     log.info("model size %.2f MB (%.1fx smaller than fp32)", size["model/size_mb"], size["model/compression"])
-    job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=job.ckpt_path)
+    job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=job.ckpt_path, weights_only=True)
     after = stages_of(job.methods, "after")
     for _, stage in after:
         job.stage_metrics.update(run_stage(stage, job.model, job.methods, job.datamodule, cfg, job.optim))

@@ -34,17 +34,35 @@ from lowbit.builder import build_model
 from lowbit.errors import LowbitConfigError
 
 OPTIONS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml") if not p.stem.startswith("_")) for g in METHOD_GROUPS}
-#: (option, option) -> the one-line error; none today
-INCOMPATIBLE: dict[tuple[str, str], str] = {}
+#: (option, option) -> the one-line error. AdaptivFloat takes 4 to 8 bits: the bit_assignment cards that plan fewer
+#: (their own test settings) are refused before training
+_ADAPTIVFLOAT_TOO_FEW_BITS = {"uniform": "attention plans 3", "per_module": "ffn plans 2", "w2e2": "attention plans 2",
+                              "w2e8": "attention plans 2", "hessian": "layer_bits plans 3", "per_layer": "layer_bits plans 2"}
+INCOMPATIBLE: dict[tuple[str, str], str] = {
+    ("quantizer=adaptivfloat", f"bit_assignment={option}"):
+        f"bit_assignment={option} cannot be combined with quantizer=adaptivfloat: bit_assignment.{plan}-bit weights; "
+        "AdaptivFloat with quantizer.exp_bits=2 takes 4 to 8 bits per weight"
+    for option, plan in _ADAPTIVFLOAT_TOO_FEW_BITS.items()}
+
+
+def _incompatible(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    return (f"{a[0]}={a[1]}", f"{b[0]}={b[1]}") in INCOMPATIBLE or (f"{b[0]}={b[1]}", f"{a[0]}={a[1]}") in INCOMPATIBLE
 
 
 def card_overrides(group: str, option: str, chosen_groups: set[str]) -> list[str]:
-    """A card's test overrides, minus those that set a group the combination chooses itself."""
+    """A card's test overrides, minus those that set a group the combination chooses itself.
+
+    A card that sets a quantizer sets its bit widths for that quantizer: they are dropped with it when the
+    combination chooses the quantizer (whose own card then sets the bits)."""
     out = []
-    for o in METHOD_CARDS.get(f"{group}/{option}").test_overrides:
+    overrides = METHOD_CARDS.get(f"{group}/{option}").test_overrides
+    sets_quantizer = any(o.split("=", 1)[0].lstrip("+~") == "quantizer" for o in overrides)
+    for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
         other = key.split(".", 1)[0]
         if other in chosen_groups and other != group:
+            continue
+        if other == "bit_assignment" != group and sets_quantizer and "quantizer" in chosen_groups:
             continue
         if key == "trainer.fast_dev_run":
             continue
@@ -85,7 +103,8 @@ def covering_rows() -> list[dict[str, str]]:
             def gain(o, g=g):
                 return sum(1 for h, p in row.items() if tuple(sorted([(g, o), (h, p)], key=lambda x: METHOD_GROUPS.index(x[0]))) in uncovered)
 
-            row[g] = max(OPTIONS[g], key=lambda o: (gain(o), -OPTIONS[g].index(o)))
+            fits = [o for o in OPTIONS[g] if not any(_incompatible((g, o), chosen) for chosen in row.items())]
+            row[g] = max(fits, key=lambda o: (gain(o), -OPTIONS[g].index(o)))
         ordered = {g: row[g] for g in METHOD_GROUPS}
         for (ga, oa), (gb, ob) in itertools.combinations(ordered.items(), 2):
             uncovered.discard(((ga, oa), (gb, ob)))
@@ -98,8 +117,10 @@ ROWS = covering_rows()
 
 def test_covering_array_covers_every_pair():
     covered = {((g1, r[g1]), (g2, r[g2])) for r in ROWS for g1, g2 in itertools.combinations(METHOD_GROUPS, 2)}
-    missing = [p for p in PAIRS if ((p[0], p[1]), (p[2], p[3])) not in covered]
+    missing = [p for p in PAIRS if ((p[0], p[1]), (p[2], p[3])) not in covered
+               and not _incompatible((p[0], p[1]), (p[2], p[3]))]
     assert not missing
+    assert not [pair for pair in covered if _incompatible(*pair)]  # no row trains a combination that is refused
     assert len(PAIRS) > len(ROWS)  # the point of a covering array
     assert set(OPTIONS["pruning"]) >= {"none", "magnitude"}  # the new consumer takes part
 

@@ -153,3 +153,21 @@ def test_eval_cache_invalidated_when_weights_change(tiny_model):
         expected = x @ layer.quantizer(layer.weight).T + layer.bias
     assert not torch.allclose(a, b)
     torch.testing.assert_close(b, expected)
+
+
+@pytest.mark.parametrize(("groups", "inner", "layers"), [(1, 1, [0]), (2, 1, [0, 1]), (1, 2, [0, 1]), (2, 2, [0, 1, 2, 3])])
+def test_albert_layer_index_numbers_the_shared_layers(groups, inner, layers):
+    """ALBERT: one shared layer per (group, index in group); depth reuses them. Two groups are two layers, not one
+    (so per-layer bits or schedules tell them apart)."""
+    from conftest import tiny_config
+    from transformers import AlbertForSequenceClassification
+
+    from lowbit.roles import find_targets
+
+    cfg = tiny_config("albert")
+    cfg.num_hidden_layers, cfg.num_hidden_groups, cfg.inner_group_num = 4, groups, inner
+    model = AlbertForSequenceClassification(cfg)
+    queries = find_targets(model, "attention.query")
+    assert [t.layer for t in queries] == layers
+    names = {t.layer: t.name for t in queries}
+    assert all(f"albert_layer_groups.{i // inner}.albert_layers.{i % inner}." in names[i] for i in layers)

@@ -18,7 +18,8 @@ dotted; asking for a prefix (``attention``, ``ffn``, ``layer_norm``) returns eve
 | ``exit_pooler``, ``exit_classifier`` | an added module's children it names in ``child_roles`` (an off-ramp's Linears; ``layer`` = the parent's index) | same |
 
 Patterns are registered per ``config.model_type``; a new family is one ``FAMILIES.register`` call.
-ALBERT shares one layer across depth: its ``layer`` index is the index inside the shared group.
+ALBERT shares layers across depth: its ``layer`` index numbers the shared layers (group · inner_group_num + index
+in the group), not the depth.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ _BERT = FamilyPatterns((
 ))
 FAMILIES.register("bert", _BERT)
 FAMILIES.register("roberta", _BERT)
-_A = rf"albert_layers\.{_L}"
+# ALBERT: albert_layer_groups.<g>.albert_layers.<i>: layer = g · inner_group_num + i (one shared group in albert-base)
+_A = rf"albert_layer_groups\.(?P<group>\d+)\.albert_layers\.{_L}"
 FAMILIES.register("albert", FamilyPatterns((
     (r"embeddings\.word_embeddings$", "word_embedding"),
     (r"embeddings\.position_embeddings$", "position_embedding"),
@@ -118,20 +120,24 @@ def matches(role: str, wanted: tuple[str, ...]) -> bool:
     return not wanted or any(role == w or role.startswith(w + ".") for w in wanted)
 
 
-def _role_of(name: str, module: nn.Module, patterns: FamilyPatterns) -> tuple[str, int | None] | None:
+def _role_of(name: str, module: nn.Module, patterns: FamilyPatterns,
+             inner_group_num: int = 1) -> tuple[str, int | None] | None:
     for regex, role in patterns.modules:
         m = re.search(regex, name)
         if m:
             if role in WEIGHT_ROLES and not isinstance(module, (nn.Linear, nn.Embedding)):
                 return None
-            layer = m.groupdict().get("layer")
-            return role, None if layer is None else int(layer)
+            layer, group = m.groupdict().get("layer"), m.groupdict().get("group")
+            if layer is None:
+                return role, None
+            return role, int(layer) + (0 if group is None else int(group) * inner_group_num)
     return None
 
 
 def find_targets(model: nn.Module, *roles: str) -> list[Target]:
     """Every module of the model with a role (optionally only ``roles``, prefixes allowed), in module order."""
     patterns = family(model)
+    inner = int(getattr(model.config, "inner_group_num", 1) or 1)  # ALBERT: layers per shared group
     extras = getattr(model, EXTRA_MODULES_ATTR, None)
     extra_roles: dict[str, str] = getattr(extras, "roles", {}) if extras is not None else {}
     found = []
@@ -141,7 +147,7 @@ def find_targets(model: nn.Module, *roles: str) -> list[Target]:
             if hit is not None and matches(hit[0], roles):
                 found.append(Target(name, hit[0], hit[1], module))
             continue
-        hit = _role_of(name, module, patterns)
+        hit = _role_of(name, module, patterns, inner)
         if hit is not None and matches(hit[0], roles):
             found.append(Target(name, hit[0], hit[1], module))
     return found

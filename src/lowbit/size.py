@@ -2,13 +2,15 @@
 
 For every lowbit layer the weight is counted as its chain stores it:
 
-- codes of the surviving weights (k-bit streams, ternary at 5 trits per byte, or fp32 values when
-  nothing quantizes them), whole bytes per stream;
-- the quantizer's ranges: fp32 scales (α) and, for asymmetric grids, k-bit packed zero points;
+- codes of the surviving weights (k-bit streams, ternary at 5 trits per byte, AdaptivFloat n-bit codes, or
+  fp32 values when nothing quantizes them), whole bytes per stream;
+- the quantizer's ranges: fp32 scales (α) and, for asymmetric grids, k-bit packed zero points; for
+  AdaptivFloat an int16 exponent bias per range;
 - with a pruning mask, the cheapest of: every code (``dense``: pruned positions hold the code of 0),
-  the survivors' codes + a ``bitmap`` (1 bit per weight), or the survivors' codes + ``csr``
-  (column indices of ceil(log2(in_features)) bits + int32 row pointers); ``LayerStorage.format``
-  says which (``dense`` also when there is no mask).
+  or the survivors' codes + an index of which weights survive: a ``bitmap`` (1 bit per weight), ``csr``
+  (column indices of ceil(log2(in_features)) bits + int32 row pointers), or ``delta`` (the gaps between
+  survivors in row-major order as w-bit symbols, w per tensor, plus the width byte; see ``delta_index``);
+  ``LayerStorage.format`` says which (``dense`` also when there is no mask). Ties keep that order.
 
 Every other parameter and persistent buffer (biases, LayerNorm, the float classifier, activation
 ranges of EMA observers) counts at its dtype's size. Shared tensors are counted once.
@@ -27,15 +29,18 @@ from lowbit.layers import lowbit_layers
 
 FLOAT_BITS = 32
 INDEX_POINTER_BITS = 32  # CSR row pointers: int32
+#: delta index: symbol widths tried (16 bits reach 65k positions per symbol; escapes cover longer gaps)
+MAX_DELTA_WIDTH = 16
+DELTA_WIDTH_BITS = 8  # the chosen width, stored as one byte
 
 
 @dataclass
 class LayerStorage:
     numel: int
     kept: int  # surviving (non-pruned) weights
-    value_kind: str  # "ternary" | "uniform" | "float"
+    value_kind: str  # "ternary" | "uniform" | "adaptivfloat" | "float"
     bits: int  # per stored value (ternary: 2, stored at 1.6)
-    format: str  # "dense" | "bitmap" | "csr"
+    format: str  # "dense" | "bitmap" | "csr" | "delta"
     value_bits: int
     index_bits: int
     range_bits: int
@@ -72,15 +77,55 @@ def csr_index_bits(rows: int, cols: int, kept: int) -> int:
     return math.ceil(kept * col_bits / 8) * 8 + (rows + 1) * INDEX_POINTER_BITS
 
 
+def delta_gaps(mask: torch.Tensor) -> torch.Tensor:
+    """Per surviving weight, in row-major order, how many pruned weights precede it since the previous survivor."""
+    positions = mask.reshape(-1).nonzero().squeeze(1)
+    return torch.diff(positions, prepend=positions.new_full((1,), -1)) - 1
+
+
+@dataclass(frozen=True)
+class DeltaIndex:
+    """The ``delta`` index of a mask: ``symbols`` w-bit symbols. A symbol below ``escape`` = 2^w - 1 is the gap
+    before the next survivor; ``escape`` skips 2^w - 1 pruned weights without a survivor (gaps that do not fit)."""
+
+    width: int
+    symbols: int
+
+    @property
+    def escape(self) -> int:
+        return 2**self.width - 1
+
+    @property
+    def bits(self) -> int:
+        return math.ceil(self.symbols * self.width / 8) * 8 + DELTA_WIDTH_BITS
+
+
+def delta_index(mask: torch.Tensor, gaps: torch.Tensor | None = None) -> DeltaIndex:
+    """The cheapest width: each gap g costs 1 + floor(g / (2^w - 1)) symbols of w bits."""
+    gaps = delta_gaps(mask) if gaps is None else gaps
+    if gaps.numel() == 0:
+        return DeltaIndex(1, 0)
+    longest = int(gaps.max())
+    best = None
+    for width in range(1, MAX_DELTA_WIDTH + 1):
+        candidate = DeltaIndex(width, gaps.numel() + int((gaps // (2**width - 1)).sum()))
+        if best is None or candidate.bits < best.bits:
+            best = candidate
+        if 2**width - 1 > longest:  # no escapes left: a wider symbol only costs more
+            break
+    return best
+
+
 def mask_index_bits(mask: torch.Tensor) -> dict[str, int]:
-    """Bits to store which weights survive, per format: ``bitmap`` (1 bit each) or ``csr``."""
+    """Bits to store which weights survive, per format: ``bitmap`` (1 bit each), ``csr`` or ``delta``."""
     rows, cols = mask.shape[0], int(mask[0].numel()) if mask.dim() > 1 else 1
-    return {"bitmap": math.ceil(mask.numel() / 8) * 8, "csr": csr_index_bits(rows, cols, int(mask.sum()))}
+    return {"bitmap": math.ceil(mask.numel() / 8) * 8, "csr": csr_index_bits(rows, cols, int(mask.sum())),
+            "delta": delta_index(mask).bits}
 
 
 @torch.no_grad()
 def layer_storage(layer) -> LayerStorage:
-    """How a lowbit layer's weight is stored: the cheapest of dense codes, bitmap + survivors, CSR + survivors.
+    """How a lowbit layer's weight is stored: the cheapest of dense codes, or survivors + bitmap / CSR / delta index.
 
     Dense stores every code (pruned positions hold the code of 0), so a pruned ternary weight below
     62.5% sparsity stays dense: 1.6 bits per weight beats 1 bit of bitmap + 1.6 bits per survivor.

@@ -28,7 +28,9 @@ import yaml
 from lowbit.compose import compose_train, conf_dir
 from lowbit.errors import LowbitConfigError, check
 
-SOURCES = ("src", "recalled")
+#: where a table's paper column comes from (paper-tables.md tags): the paper itself, recalled, or the project's seed
+#: summary of a paper whose tables were not recovered (EdgeBERT)
+SOURCES = ("src", "recalled", "seed summary")
 
 
 @dataclass
@@ -69,7 +71,7 @@ class TableSpec:
         return metric in self.percent if isinstance(self.percent, list) else bool(self.percent)
 
     @classmethod
-    def load(cls, name: str) -> "TableSpec":
+    def load(cls, name: str) -> TableSpec:
         """``conf/table/<name>.yaml``, checked (``check_spec``): one line naming the file and what is wrong."""
         from lowbit.validate import check_environment
 
@@ -395,6 +397,9 @@ def write_table(spec: TableSpec, results: list[dict], out_dir: Path) -> None:
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results]
     if spec.paper_source == "recalled":
         lines += ["", "Paper numbers are recalled (see shared/docs/paper-tables.md), not verified."]
+    elif spec.paper_source == "seed summary":
+        lines += ["", ("Paper numbers are the figures a published summary of the paper states (shared/docs/paper-tables.md: "
+                       "seed summary); the paper's full tables were not recovered.")]
     if spec.notes:
         lines += ["", spec.notes.strip()]
     (out_dir / f"{spec.name}.md").write_text("\n".join(lines) + "\n")

@@ -201,5 +201,6 @@ def test_wandb_run_gets_the_curve_table(make_cfg, monkeypatch):
     train(cfg)
     runs = list(Path(cfg.paths.output_dir, "wandb").glob("offline-run-*"))
     record = next(runs[0].glob("*.wandb")).read_bytes()
-    for key in (b"early_exit/curve", b"early_exit/score_vs_saving", b"expected_saving"):
+    for key in (b"early_exit/curve", b"early_exit/score_vs_saving", b"expected_saving", b"early_exit/exit_predictor",
+                b"early_exit/predictor_miss"):
         assert key in record, key

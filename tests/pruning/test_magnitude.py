@@ -267,13 +267,13 @@ def test_mask_before_ternary_quantizer_and_smaller_size(tiny_model, make_cfg):
         survivors = layer.weight.detach().abs().clamp(max=2.5)[mask]
         assert float(qp.threshold) == pytest.approx(0.7 * float(survivors.mean()), rel=1e-5)  # Δ over survivors
         storage = report.layers[t.name]
-        assert storage.format in ("bitmap", "csr") and storage.kept == int(mask.sum())
+        assert storage.format in ("bitmap", "csr", "delta") and storage.kept == int(mask.sum())
         assert storage.total_bits < dense_report.layers[t.name].total_bits
         assert dense_report.layers[t.name].format == "dense"
     assert report.total_bits < dense_report.total_bits
 
 
-@pytest.mark.parametrize("sparsity,stored", [(0.9, ("bitmap", "csr")), (0.5, ("dense",))])
+@pytest.mark.parametrize("sparsity,stored", [(0.9, ("bitmap", "csr", "delta")), (0.5, ("dense",))])
 def test_pruned_ternary_export_round_trip(sparsity, stored, tiny_model, batch, make_cfg, tmp_path):
     """At 90% the survivors' trits + an index are cheapest; at 50% dense trits (1.6 bits) beat a bitmap (1 + 0.8)."""
     model, methods, cfg = _pruned_model(tiny_model, make_cfg, [*TERNARY, "pruning.schedule=oneshot",

@@ -7,6 +7,7 @@ import torch
 from conftest import TINY_RUN, payload_bytes
 
 from lowbit import load_packed
+from lowbit.algorithms.adaptivfloat import AdaptivFloatRecipe
 from lowbit.algorithms.ternarybert import TernaryRecipe
 from lowbit.export import export_packed
 from lowbit.export.packing import pack_bits, pack_trits, unpack_bits, unpack_trits
@@ -46,6 +47,8 @@ RECIPES = {
                               uniform_bits(2, word_embedding_bits=5)),
     "uniform_group_output_8": (lambda: UniformRecipe(symmetric=True, granularity="group", n_groups=8),
                                uniform_bits(8, word_embedding_bits=None)),
+    "adaptivfloat_8_3": (lambda: AdaptivFloatRecipe(activation={"bits": 8, "exp_bits": 3}),
+                         uniform_bits(8, word_embedding_bits=8)),
 }
 
 
@@ -54,6 +57,9 @@ def _cfgs(name):
     recipe, bits = RECIPES[name][0](), RECIPES[name][1]
     if isinstance(recipe, TernaryRecipe):
         q = {"_target_": "lowbit.algorithms.ternarybert.TernaryRecipe", "ternarizer": recipe.ternarizer}
+    elif isinstance(recipe, AdaptivFloatRecipe):
+        q = {"_target_": "lowbit.algorithms.adaptivfloat.AdaptivFloatRecipe", "exp_bits": recipe.exp_bits,
+             "activation": {"bits": 8, "exp_bits": 3}}
     else:
         q = {"_target_": "lowbit.quant.UniformRecipe", "symmetric": recipe.symmetric, "granularity": recipe.granularity,
              "n_groups": recipe.n_groups, "group_axis": recipe.group_axis,

@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lowbit.algorithms import effects as E
-from lowbit.algorithms.early_exit.effect import offramps_trained
+from lowbit.algorithms.adaptivfloat.effect import adaptivfloat_weights as _adaptivfloat_weights
+from lowbit.algorithms.early_exit.effect import mean_pooled_offramps_trained, offramps_trained
 from lowbit.algorithms.ibert.effect import ibert_quantized, integer_ops
-from lowbit.algorithms.pruning import sparsity_reached
+from lowbit.algorithms.pruning import movement_sparsity_reached, soft_movement_in_effect, sparsity_reached
 from lowbit.registry import Registry
 
 METHOD_GROUPS = ("quantizer", "bit_assignment", "approximation", "pruning", "attention_span", "early_exit",
@@ -55,6 +56,10 @@ card("quantizer", "ternary_lat", "loss-aware ternary weights (Adam second moment
 card("quantizer", "groupwise", "k-bit min/max weights, head-aligned group ranges (W_o: head input columns)",
      E.weights_on_grid(lambda name, layer: 8 if ".attention." in name else None), "Q-BERT",
      ("bit_assignment.bits=4", "quantizer.groups_per_head=2"))
+card("quantizer", "adaptivfloat", "n-bit AdaptivFloat weights (sign, exp_bits exponent, mantissa; per-tensor bias)",
+     _adaptivfloat_weights, "AdaptivFloat (Tambe et al. 2020); EdgeBERT",
+     ("bit_assignment.bits=6", "quantizer.exp_bits=2",
+      "quantizer.activation={format:adaptivfloat,bits:8,exp_bits:3,sites:[linear_input]}"))
 card("bit_assignment", "uniform", "one bit-width for all Linear weights", E.bits_as_planned({"bits": 3}),
      "Q-BERT DirectQ", ("quantizer=uniform", "bit_assignment.bits=3"))
 card("bit_assignment", "per_module", "bits per module type", E.bits_as_planned({"attention": 4, "ffn": 2}),
@@ -78,6 +83,16 @@ card("pruning", "magnitude", "unstructured magnitude pruning, cubic or one-shot 
      sparsity_reached,
      "Zhu & Gupta 2017; Sanh et al. 2020; EdgeBERT",
      ("pruning.final_sparsity=0.5", "pruning.final_warmup=0", "pruning.embedding_sparsity=0.6"))
+card("pruning", "edgebert", "EdgeBERT's pruning: encoder magnitude 50% (cubic), word embeddings 60% by magnitude",
+     sparsity_reached, "EdgeBERT", ("pruning.final_warmup=0",))
+card("pruning", "movement", "movement pruning: learned scores, straight-through top-k, cubic schedule, masks baked",
+     movement_sparsity_reached, "Sanh et al. 2020 (MvP); EdgeBERT",
+     ("pruning.final_sparsity=0.5", "pruning.initial_warmup=0", "pruning.final_warmup=0",
+      "pruning.embedding_sparsity=0.6"))
+# 2 steps: the masks of step 1 come from scores one Adam step (±score_lr) away from 0, past logit(0.1) = -2.2
+card("pruning", "soft_movement", "soft movement pruning: sigmoid-threshold mask + L1 penalty on sigmoid(scores)",
+     soft_movement_in_effect, "Sanh et al. 2020 (soft MvP)",
+     ("trainer.fast_dev_run=2", "pruning.initial_warmup=0", "pruning.final_warmup=0", "pruning.score_lr=5"))
 card("quantizer", "ibert", "I-BERT: symmetric per-channel 8-bit weights, int32 biases, static 8-bit activations, 2^-8 softmax",
      ibert_quantized, "I-BERT", ("bit_assignment.bits=8",))
 card("approximation", "ibert", "integer-only i-GELU, i-softmax, i-LayerNorm (integer Newton isqrt)", integer_ops, "I-BERT")
@@ -86,7 +101,9 @@ card("approximation", "hgelu", "h-GELU x·ReLU6(1.702x+3)/6 as the GELU (I-BERT'
 card("approximation", "sigmoid_gelu", "x·σ(1.702x) as the GELU (I-BERT Table 1)", integer_ops, "I-BERT Table 1")
 card("early_exit", "entropy", "DeeBERT off-ramps after every layer, entropy exit, one-pass threshold curves",
      offramps_trained, "DeeBERT; EdgeBERT", ("early_exit.offramp_epochs=1",))
-from lowbit.algorithms.attention_span import spans_in_effect as _spans_in_effect  # noqa: E402
+card("early_exit", "entropy_mean", "entropy early exit with mean-pooled off-ramps (mean-pooled backbones: MiniLM)",
+     mean_pooled_offramps_trained, "DeeBERT; EdgeBERT", ("early_exit.offramp_epochs=1",))
+from lowbit.algorithms.attention_span import spans_in_effect as _spans_in_effect
 
 card("attention_span", "adaptive", "learnable attention span per head (soft distance mask, span loss), trimmed eval",
      _spans_in_effect, "Sukhbaatar et al. 2019; EdgeBERT",

@@ -1,7 +1,7 @@
 """Early exit, measured: wall-clock of the exit runner vs the full model, and the cost of threshold curves.
 
 ``python -m lowbit.bench early_exit RUN_DIR [--batch 1,32] [--threads 1] [--tolerance 1.0] [--curve-points 100]
-[--max-eval-samples N] [--out experiments/edgebert/results/early_exit_bench.json]``
+[--max-eval-samples N] [--latency-target-ms 4,6] [--predictor-table entropy] [--out experiments/edgebert/results/early_exit_bench.json]``
 
 On the run's dev set (its config and ``checkpoints/last.ckpt``, rebuilt through the one model builder):
 
@@ -15,6 +15,16 @@ On the run's dev set (its config and ``checkpoints/last.ckpt``, rebuilt through 
    inputs, alternating rounds so machine noise hits both. ``measured_saving`` = 1 − runner / full (median of
    rounds). The runner's predictions and exit layers are checked against the cached curve (``*_equal``
    counts) and at threshold 0 (no exit) the runner's overhead is timed too.
+4. **Per-layer latency at batch 1**: every dev sentence alone through the exit runner at threshold 0 (every
+   layer and its off-ramp, ``ExitRunner.clock``) and through the full model, alternating, ``--rounds`` times
+   (per-sentence medians): ``latency.per_layer_ms`` (median over sentences; the last layer includes the head).
+   With the run's exit-layer predictor (``<run dir>/early_exit/exit_predictor.pt``, fitted here at the threshold
+   above): its miss statistics on the dev set, and for each latency target (``--latency-target-ms``, else the run's
+   ``early_exit.latency_target_ms``, else 25/50/75/100% of the full model's median) the fraction of sentences within
+   it — ``all_layers`` (full model), ``early_exit`` (actual exit, full speed), ``predicted`` (the predicted layers
+   scheduled to end at the target; a sentence that must run past them misses it) and ``predicted_stop`` (EdgeBERT's
+   code: it leaves at the predicted layer) — each sentence with its own measured layer times
+   (``lowbit.algorithms.early_exit.predictor``).
 
 Run it alone: on 2 cores a concurrent job measures contention, not early exit. ``os.getloadavg()`` is recorded.
 """
@@ -83,6 +93,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-points", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="timed passes over the dev set per engine and batch size")
     p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--latency-target-ms", default=None,
+                   help="per-sentence latency targets, comma-separated ms (default: the run's early_exit.latency_target_ms)")
+    p.add_argument("--collect-train", type=int, default=None, metavar="N",
+                   help="first collect the off-ramp entropies of N training sentences for the exit-layer predictor "
+                        "(<run dir>/early_exit/exit_predictor.pt; runs trained without early_exit.predictor lack it)")
+    p.add_argument("--predictor-table", choices=("entropy", "exit_layer"), default=None,
+                   help="the exit-layer predictor's table (default: the run's early_exit.predictor.table)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT))
     return p
 
@@ -106,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     method = methods["early_exit"]
     check(hasattr(method, "eval_outputs") and method.ramps, f"{a.run_dir}: not an early_exit=entropy run")
+    if a.collect_train is not None:
+        check(a.collect_train > 0, f"--collect-train must be a positive number of sentences, got {a.collect_train}")
+        collect_train_entropies(a.run_dir, model, method, cfg, a.collect_train)
     examples = dev_examples(cfg, a.max_eval_samples)
     pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
     labels = torch.stack([e["labels"] for e in examples])
@@ -204,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             "predictions_equal_cached_curve": int((preds == cached_preds[:, 0]).sum()),
             "exit_layers_equal_cached_curve": int((run_layers == cached_layers[:, 0]).sum()),
         }
+    result["latency"], result["predictor"] = latency_report(a, model, examples, pad_id, logits, labels, metric,
+                                                            threshold, cached_layers[:, 0], method)
     result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
@@ -213,8 +235,125 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['measured_saving']:.3f} (expected {result['expected_saving']:.3f}); {metric} full "
               f"{r['score_full']:.4f} runner {r['score_runner']:.4f}; predictions equal to the cached curve "
               f"{r['predictions_equal_cached_curve']}/{result['examples']}")
+    lat = result["latency"]
+    print(f"batch 1 per-layer ms (median over sentences, with off-ramp): "
+          f"{', '.join(f'{t:.3f}' for t in lat['per_layer_ms'])}; full model {lat['full_model_ms']:.3f} ms")
+    if result["predictor"].get("exact") is not None:
+        pr = result["predictor"]
+        print(f"exit-layer predictor ({pr['table']}, {pr['bins']} bins): exact {pr['exact']:.3f}, mean |miss| "
+              f"{pr['mean_abs_miss']:.3f} layers, within ±1 {pr['within_1']:.3f}")
+    for target, f in lat["fraction_meeting_target"].items():
+        print(f"target {target} ms: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()))
     print(f"wrote {a.out}")
     return result
+
+
+class _EvalModule:
+    """What ``training_set_entropies`` asks of a LightningModule, for a model loaded from a checkpoint."""
+
+    training, device = False, torch.device("cpu")
+
+    def __init__(self, model):
+        self.model = model
+
+    def eval(self):
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+
+    def __call__(self, batch, mode):
+        return self.model(**batch, output_hidden_states=True)
+
+
+def collect_train_entropies(run_dir: Path, model, method, cfg, max_samples: int) -> Path:
+    """The training-set off-ramp entropies of a finished run (no training), as the run itself keeps them when
+    ``early_exit.predictor`` is set: ``<run dir>/early_exit/exit_predictor.pt``."""
+    from omegaconf import OmegaConf
+
+    from lowbit.algorithms.early_exit.method import PREDICTOR_FILE, training_set_entropies
+    from lowbit.builder import build
+
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=False)
+    data_cfg["cache_dir"] = None
+    datamodule = build(OmegaConf.create(data_cfg), tokenizer=build(cfg.model).load_tokenizer())
+    datamodule.check_sources()
+    datamodule.setup("fit")
+    entropies, rows = training_set_entropies(_EvalModule(model), method, datamodule, max_samples)
+    options = method.predictor_options or {"bins": 50, "table": "entropy"}
+    path = run_dir / "early_exit" / PREDICTOR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"train_entropies": entropies, "train_rows": torch.tensor(rows), "step": -1, **options,
+                "max_train_samples": max_samples, "collected_by": "python -m lowbit.bench early_exit --collect-train"},
+               path)
+    print(f"collected the off-ramp entropies of {len(rows)} training sentences -> {path}")
+    return path
+
+
+def latency_report(a, model, examples: list[dict], pad_id: int, logits: torch.Tensor, labels: torch.Tensor,
+                   metric: str, threshold: float, actual_layers: torch.Tensor, method) -> tuple[dict, dict]:
+    """Per-layer latency at batch 1 and the latency-target fractions with the run's exit-layer predictor."""
+    from lowbit.algorithms.early_exit.curve import entropy
+    from lowbit.algorithms.early_exit.method import PREDICTOR_FILE
+    from lowbit.algorithms.early_exit.predictor import fit_predictor, latency_target_fractions, predictor_report
+    from lowbit.algorithms.early_exit.runner import ExitRunner
+
+    singles = batches(examples, 1, pad_id)
+    clocked = ExitRunner(model, 0.0)  # threshold 0: no sentence exits, every layer and off-ramp is timed
+    n, n_layers = len(singles), logits.shape[1]
+    cumulative = torch.zeros(a.rounds, n, n_layers, dtype=torch.float64)
+    embeddings = torch.zeros(a.rounds, n, dtype=torch.float64)
+    full = torch.zeros(a.rounds, n, dtype=torch.float64)
+    with torch.inference_mode():
+        for b in singles[:8]:  # warm-up
+            clocked(**_inputs(b))
+            model(**_inputs(b))
+        for r in range(a.rounds):
+            for k, b in enumerate(singles):
+                clocked.clock = []
+                t0 = time.perf_counter()
+                clocked(**_inputs(b))
+                marks = torch.tensor(clocked.clock, dtype=torch.float64)
+                embeddings[r, k] = 1000 * (marks[0] - t0)
+                cumulative[r, k] = 1000 * (marks[1:] - t0)
+                t0 = time.perf_counter()
+                model(**_inputs(b))
+                full[r, k] = 1000 * (time.perf_counter() - t0)
+    clocked.clock = None
+    cumulative, embeddings, full = cumulative.median(0).values, embeddings.median(0).values, full.median(0).values
+    per_layer = torch.diff(cumulative, dim=1, prepend=embeddings.unsqueeze(1))
+    full_median = float(full.median())
+    if a.latency_target_ms is not None:
+        targets, source = [float(t) for t in a.latency_target_ms.split(",") if t.strip()], "--latency-target-ms"
+    elif method.latency_target_ms:
+        targets, source = list(method.latency_target_ms), "early_exit.latency_target_ms"
+    else:
+        targets, source = [f * full_median for f in (0.25, 0.5, 0.75, 1.0)], "25/50/75/100% of the full model's median"
+    check(all(t > 0 for t in targets), f"--latency-target-ms must be positive numbers, got {a.latency_target_ms!r}")
+
+    predictor_out: dict = {}
+    predicted = None
+    options = method.predictor_options or {}
+    path = a.run_dir / "early_exit" / PREDICTOR_FILE
+    if not path.is_file():
+        predictor_out["missing"] = f"{path} not found (a run with early_exit.predictor set writes it)"
+    else:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        kind = a.predictor_table or options.get("table") or record.get("table", "entropy")
+        bins = int(options.get("bins") or record.get("bins", 50))
+        predictor = fit_predictor(record["train_entropies"], int(logits.shape[-1]), threshold, bins, kind)
+        predicted = predictor.predict(entropy(logits[:, :-1].float()).double())
+        predictor_out = {**predictor_report(predictor, logits, labels, metric),
+                         "train_sentences": int(record["train_entropies"].shape[0])}
+    fractions = latency_target_fractions(predicted if predicted is not None else actual_layers, actual_layers,
+                                         cumulative, full, targets)
+    if predicted is None:  # no predictor: only the unscheduled fractions mean anything
+        fractions = {t: {k: v for k, v in f.items() if not k.startswith("predicted")} for t, f in fractions.items()}
+    latency = {"batch": 1, "rounds": a.rounds, "sentences": n, "embeddings_ms": float(embeddings.median()),
+               "per_layer_ms": per_layer.median(0).values.tolist(), "per_layer_mean_ms": per_layer.mean(0).tolist(),
+               "cumulative_ms": cumulative.median(0).values.tolist(), "full_model_ms": full_median,
+               "targets_ms": targets, "targets_from": source, "fraction_meeting_target": fractions}
+    return latency, predictor_out
 
 
 def _score(metric: str, preds: torch.Tensor, labels: torch.Tensor) -> float:

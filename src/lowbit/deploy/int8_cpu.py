@@ -21,9 +21,9 @@ its wide accumulators are exact; so codes at every layer boundary and the logits
 tiny model and on the pretrained MiniLM; 872/872 SST-2 dev predictions on the I-BERT run of
 ``experiments/ibert``). In training (dropout between the ops) the QAT model divides by the scale instead.
 
-What cannot deploy is refused in one line before conversion (asymmetric or group-wise weight ranges,
-dynamic or asymmetric activation ranges, a float GELU/softmax/LayerNorm, a model family other than BERT
-and RoBERTa).
+What cannot deploy is refused in one line before conversion (AdaptivFloat weights, asymmetric or group-wise
+weight ranges, dynamic or asymmetric activation ranges, a float GELU/softmax/LayerNorm, a model family other
+than BERT and RoBERTa).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from lowbit.algorithms.ibert import integer as I
 from lowbit.algorithms.ibert.approximation import IntGELU, IntLayerNorm, IntSoftmax
 from lowbit.attention import HOOKS_ATTR
 from lowbit.errors import LowbitConfigError, check
+from lowbit.layers import lowbit_layers
 from lowbit.quant.granularity import PerRow, PerTensor
 from lowbit.quant.quantizers import ActivationQuantizer
 from lowbit.roles import find_targets
@@ -54,8 +55,25 @@ class _EmbeddingSumReady(Exception):
     """Stops the embedding module at its LayerNorm's input (the engine runs the integer LayerNorm)."""
 
 
-def _refuse(what: str, why: str) -> LowbitConfigError:
-    return LowbitConfigError(f"deploy backend int8_cpu cannot run {what}: {why}")
+def _refuse(what: str, why: str, backend: str = "int8_cpu") -> LowbitConfigError:
+    return LowbitConfigError(f"deploy backend {backend} cannot run {what}: {why}")
+
+
+#: weight kinds the engine runs (integer codes on a uniform grid) and, for the others, the option that made them
+INTEGER_WEIGHT_KINDS = ("uniform", "ternary")
+FLOAT_CODE_OPTIONS = {"adaptivfloat": "quantizer=adaptivfloat"}
+
+
+def check_integer_weights(model: nn.Module, backend: str = "int8_cpu") -> None:
+    """Refuse, before any conversion, a model whose quantized weights are not integer codes (AdaptivFloat)."""
+    for name, layer in lowbit_layers(model):
+        if layer.quantizer is None:
+            continue
+        kind = layer.weight_qparams().kind
+        if kind not in INTEGER_WEIGHT_KINDS:
+            option = FLOAT_CODE_OPTIONS.get(kind, f"a {kind!r} quantizer")
+            raise _refuse(name, f"its weights come from {option}: floating-point codes (sign, exponent, mantissa), "
+                                "not integers on a uniform grid", backend)
 
 
 def _static_input_scale(layer: nn.Module, name: str) -> torch.Tensor:
@@ -197,6 +215,7 @@ class IntegerEncoder:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> IntegerEncoder:
+        check_integer_weights(model)
         model_type = getattr(model.config, "model_type", "?")
         if model_type not in HEADS:
             raise _refuse(f"a {model_type!r} model", f"the integer engine covers the layouts of {sorted(HEADS)} so far")

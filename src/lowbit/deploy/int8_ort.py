@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from lowbit.algorithms.ibert import integer as I
-from lowbit.deploy.int8_cpu import IntegerEncoder, IntLayer, IntLinear, IntLN
+from lowbit.deploy.int8_cpu import IntegerEncoder, IntLayer, IntLinear, IntLN, check_integer_weights
 from lowbit.dyadic import batch_frexp
 from lowbit.errors import LowbitConfigError
 
@@ -602,6 +602,7 @@ class OrtIntegerEncoder:
 
 
 def convert(model: torch.nn.Module, threads: int | None = None) -> OrtIntegerEncoder:
+    check_integer_weights(model, "int8_ort")
     return OrtIntegerEncoder(IntegerEncoder.from_model(model), threads=threads or torch.get_num_threads())
 
 

@@ -5,8 +5,9 @@ Artifact (a directory, no pickles):
 - ``model.safetensors``: per lowbit layer weight, what its chain stores (``lowbit.size``):
   ``<name>.weight.codes`` (ternary at 5 trits per byte, or a k-bit stream; ``.values`` fp32 when
   nothing quantizes the weight), ``.scales`` (fp32 per range), ``.zero_points`` (k-bit stream,
-  asymmetric grids), and with a pruning mask, when cheaper than dense codes, either ``.bitmap`` (1 bit
-  per weight) or ``.csr_cols`` + ``.csr_rowptr`` with the codes of surviving weights only
+  asymmetric grids), ``.exp_bias`` (int16 per range, AdaptivFloat) and with a pruning mask, when cheaper than
+  dense codes, ``.bitmap`` (1 bit per weight), ``.csr_cols`` + ``.csr_rowptr``, or ``.delta`` + ``.delta_width``
+  (gaps between survivors as w-bit symbols, ``lowbit.size.delta_index``) with the codes of surviving weights only
   (``lowbit.size.layer_storage`` picks the format; a dense layer reloads with an all-True mask). Every other
   tensor of the state dict (biases, LayerNorm, float embeddings, classifier, activation ranges) as is.
 - ``lowbit.json``: format, the HF config, the method configs of the run (each method's
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from lowbit.layers import lowbit_layers
 from lowbit.methods import METHOD_ORDER, Method
 from lowbit.quant.granularity import Granularity
 from lowbit.quant.quantizers import QParams
-from lowbit.size import layer_storage
+from lowbit.size import delta_gaps, delta_index, layer_storage
 
 FORMAT = "lowbit-packed-v2"
 WEIGHTS_FILE, META_FILE = "model.safetensors", "lowbit.json"
@@ -51,8 +53,9 @@ class PackedSpec:
     bits: int
     granularity: dict[str, Any] | None
     symmetric: bool = True
-    sparse: str = "dense"  # "dense" | "bitmap" | "csr"
+    sparse: str = "dense"  # "dense" | "bitmap" | "csr" | "delta"
     kept: int = 0
+    exp_bits: int | None = None  # AdaptivFloat: exponent bits (the bias of each range is stored as int16)
 
 
 def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
@@ -77,18 +80,36 @@ def pack_mask(mask: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     flat = mask.reshape(mask.shape[0], -1)
     if fmt == "bitmap":
         return {"bitmap": torch.from_numpy(np.packbits(flat.reshape(-1).numpy().astype(np.uint8), bitorder="little"))}
-    rows, cols = flat.shape
+    if fmt == "delta":
+        gaps = delta_gaps(mask)
+        index = delta_index(mask, gaps)
+        # a gap g is floor(g / escape) escape symbols, then g mod escape (below the escape: a survivor follows)
+        ends = torch.cumsum(gaps // index.escape + 1, 0) - 1
+        symbols = torch.full((index.symbols,), index.escape, dtype=torch.int64)
+        symbols[ends] = gaps % index.escape
+        return {"delta": pack_bits(symbols, index.width), "delta_width": torch.tensor([index.width], dtype=torch.uint8)}
+    cols = flat.shape[1]
     counts = flat.sum(1).to(torch.int32)
     rowptr = torch.cat([torch.zeros(1, dtype=torch.int32), counts.cumsum(0).to(torch.int32)])
     col_idx = flat.nonzero()[:, 1]  # row-major order
     return {"csr_cols": pack_bits(col_idx, _col_bits(cols)), "csr_rowptr": rowptr}
 
 
-def unpack_mask(fmt: str, parts: Mapping[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+def unpack_mask(fmt: str, parts: Mapping[str, torch.Tensor], shape: torch.Size, kept: int) -> torch.Tensor:
     numel = shape.numel()
     if fmt == "bitmap":
         bits = np.unpackbits(parts["bitmap"].numpy(), bitorder="little")[:numel]
         return torch.from_numpy(bits.astype(bool)).reshape(shape)
+    if fmt == "delta":
+        width = int(parts["delta_width"][0])
+        escape = 2**width - 1
+        # every symbol the bytes hold: the padding bits decode as survivors after the last real one, cut below
+        symbols = unpack_bits(parts["delta"], width, parts["delta"].numel() * 8 // width)
+        survivor = symbols < escape
+        positions = (torch.cumsum(symbols + survivor, 0) - 1)[survivor][:kept]
+        mask = torch.zeros(numel, dtype=torch.bool)
+        mask[positions] = True
+        return mask.reshape(shape)
     rows = shape[0]
     cols = numel // rows
     rowptr = parts["csr_rowptr"].long()
@@ -104,7 +125,7 @@ def unpack_mask(fmt: str, parts: Mapping[str, torch.Tensor], shape: torch.Size) 
 def pack_layer(layer) -> tuple[dict[str, torch.Tensor], PackedSpec]:
     """The tensors a lowbit layer's weight is stored as, and their spec."""
     w_eff = layer.effective_weight().detach()
-    fmt = layer_storage(layer).format  # the cheapest of dense / bitmap / csr: what the size report counts
+    fmt = layer_storage(layer).format  # the cheapest of dense / bitmap / csr / delta: what the size report counts
     mask = None if fmt == "dense" else layer.weight_mask
     qp: QParams | None = layer.weight_qparams()
     keep = None if mask is None else mask.reshape(-1)
@@ -122,10 +143,16 @@ def pack_layer(layer) -> tuple[dict[str, torch.Tensor], PackedSpec]:
             tensors["codes"] = pack_trits(codes)
         else:
             tensors["codes"] = pack_bits(codes - qp.qmin, qp.bits)  # stored unsigned
-        tensors["scales"] = qp.scale.reshape(-1).float().contiguous()
+        if qp.kind == "adaptivfloat":  # the range is the exponent bias, not a scale
+            from lowbit.algorithms.adaptivfloat.quantizer import EXP_BIAS_DTYPE
+
+            tensors["exp_bias"] = qp.exp_bias.reshape(-1).to(EXP_BIAS_DTYPE).contiguous()
+        else:
+            tensors["scales"] = qp.scale.reshape(-1).float().contiguous()
         if qp.zero_point is not None:
             tensors["zero_points"] = pack_bits(qp.zero_point.reshape(-1).long(), qp.bits)
-        spec = PackedSpec(qp.kind, list(w_eff.shape), qp.bits, _granularity_to_dict(qp.granularity), qp.symmetric)
+        spec = PackedSpec(qp.kind, list(w_eff.shape), qp.bits, _granularity_to_dict(qp.granularity), qp.symmetric,
+                          exp_bits=getattr(qp, "exp_bits", None))
     if mask is not None:
         spec.sparse = fmt
         tensors.update(pack_mask(mask, fmt))
@@ -136,7 +163,7 @@ def pack_layer(layer) -> tuple[dict[str, torch.Tensor], PackedSpec]:
 def unpack_layer(parts: Mapping[str, torch.Tensor], spec: PackedSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight on its grid, keep-mask or None) from ``pack_layer``'s tensors."""
     shape = torch.Size(spec.shape)
-    mask = None if spec.sparse == "dense" else unpack_mask(spec.sparse, parts, shape)
+    mask = None if spec.sparse == "dense" else unpack_mask(spec.sparse, parts, shape, spec.kept)
     if spec.kind == "float":
         values = parts["values"]
         if mask is None:
@@ -148,6 +175,11 @@ def unpack_layer(parts: Mapping[str, torch.Tensor], spec: PackedSpec) -> tuple[t
     if spec.kind == "ternary":
         kept_codes = unpack_trits(parts["codes"], spec.kept).long()
         qp = QParams("ternary", 2, g, parts["scales"])
+    elif spec.kind == "adaptivfloat":
+        from lowbit.algorithms.adaptivfloat import adaptivfloat_qparams
+
+        qp = adaptivfloat_qparams(spec.bits, spec.exp_bits, g, parts["exp_bias"].long())
+        kept_codes = unpack_bits(parts["codes"], spec.bits, spec.kept)  # zero is code 0
     else:
         n_ranges = parts["scales"].numel()
         zero = None if spec.symmetric else unpack_bits(parts["zero_points"], spec.bits, n_ranges).float()

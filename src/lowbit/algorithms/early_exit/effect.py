@@ -23,3 +23,11 @@ def offramps_trained(ctx: EffectContext) -> bool:
     savings = [row["expected_saving"] for row in curve]
     assert all(b >= a for a, b in pairwise(savings)), "expected saving fell as the threshold rose"
     return True
+
+
+def mean_pooled_offramps_trained(ctx: EffectContext) -> bool:
+    """``offramps_trained``, and every off-ramp reads the mean of the unpadded tokens."""
+    offramps_trained(ctx)
+    pooling = {t.module.pooling for t in find_targets(ctx.model, "exit") if t.layer is not None}
+    assert pooling == {"mean"}, f"off-ramps pool with {sorted(pooling)}, not mean"
+    return True

@@ -14,17 +14,23 @@ threshold curve, the per-off-ramp scores and the operating points at ``tolerance
 deployment uses (``threshold``, or the largest saving within ``deploy_tolerance`` points) is written
 into the model (``ExitPolicy`` buffer), so checkpoints and exports carry it. ``deploy(..., "exit_runner")``
 runs the encoder layer by layer and drops exited samples from the batch (``runner.ExitRunner``).
+
+Once the weights are final, the off-ramp entropies of (a capped subset of) the training set are kept
+(``<run dir>/early_exit/exit_predictor.pt``) and EdgeBERT's exit-layer lookup table is fitted on them
+(``predictor``): the summary reports how well it predicts the dev set's exit layers at the deployed threshold.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from lowbit.algorithms.early_exit.curve import (
@@ -32,20 +38,28 @@ from lowbit.algorithms.early_exit.curve import (
     ExitCurve,
     candidate_thresholds,
     column_metric,
+    entropy,
     operating_points,
     threshold_curve,
 )
 from lowbit.algorithms.early_exit.offramp import POOLINGS, ExitPolicy, OffRamp
+from lowbit.algorithms.early_exit.predictor import TABLE_KINDS, ExitPredictor, fit_predictor, predictor_report
 from lowbit.errors import LowbitConfigError, check
 from lowbit.methods import Method, RunInfo, Stage
 
 TRAINING_MODES = ("two_stage", "joint")
 INITS = ("random", "final_head")
 CACHE_FILE = "exit_logits.pt"
+PREDICTOR_FILE = "exit_predictor.pt"
+PREDICTOR_OPTIONS = ("bins", "max_train_samples", "table")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_exit_cache(path: str | Path) -> dict:
@@ -74,13 +88,19 @@ class EntropyEarlyExit(Method):
     entropy. ``scores_from``: a run dir (or cache file) whose cached exit logits answer this job without
     building or running a model (``hparams_search=entropy_threshold``: one Optuna trial per threshold at
     the cost of a few tensor ops). ``offramp_dropout`` null: the model's hidden dropout.
+
+    ``predictor`` (null: off): EdgeBERT's exit-layer lookup table (``predictor.py``) — ``bins`` of the first
+    off-ramp's entropy, fitted on at most ``max_train_samples`` training sentences (null: all), ``table``
+    ``entropy`` (EdgeBERT's) or ``exit_layer``. ``latency_target_ms``: per-sentence targets the benchmark
+    (``python -m lowbit.bench early_exit``, which measures the per-layer time) schedules the predicted layers to.
     """
 
     def __init__(self, training: str = "two_stage", offramp_epochs: int = 2, offramp_lr: float | None = None,
                  joint_weight: float = 1.0, threshold: float | None = None, deploy_tolerance: float = 1.0,
                  tolerances: Sequence[float] = (0.2, 1.0, 3.0, 5.0), curve_points: int = 100,
                  offramp_dropout: float | None = None, init: str = "random", scores_from: str | None = None,
-                 metric: str | None = None, pooling: str = "cls"):
+                 metric: str | None = None, pooling: str = "cls", predictor: Mapping[str, Any] | None = None,
+                 latency_target_ms: Sequence[float] = ()):
         check(training in TRAINING_MODES, f"early_exit.training must be one of {TRAINING_MODES}, got {training!r}")
         check(isinstance(offramp_epochs, int) and not isinstance(offramp_epochs, bool) and offramp_epochs >= 0,
               f"early_exit.offramp_epochs must be a non-negative integer, got {offramp_epochs!r}")
@@ -105,6 +125,24 @@ class EntropyEarlyExit(Method):
         check(pooling in POOLINGS, f"early_exit.pooling must be one of {POOLINGS}, got {pooling!r}")
         check(metric is None or metric in COLUMN_METRICS,
               f"early_exit.metric must be null (the task's main metric) or one of {sorted(COLUMN_METRICS)}, got {metric!r}")
+        check(predictor is None or (isinstance(predictor, Mapping) and set(predictor) <= set(PREDICTOR_OPTIONS)),
+              f"early_exit.predictor must be null or a mapping with keys {PREDICTOR_OPTIONS}, got {predictor!r}")
+        predictor = None if predictor is None else dict(predictor)
+        if predictor is not None:
+            bins, cap, kind = predictor.get("bins", 50), predictor.get("max_train_samples"), predictor.get("table", "entropy")
+            check(_count(bins) and bins >= 1, f"early_exit.predictor.bins must be an integer >= 1, got {bins!r}")
+            check(cap is None or (_count(cap) and cap >= 1),
+                  f"early_exit.predictor.max_train_samples must be a positive integer or null (all), got {cap!r}")
+            check(kind in TABLE_KINDS, f"early_exit.predictor.table must be one of {TABLE_KINDS}, got {kind!r}")
+            predictor = {"bins": bins, "max_train_samples": cap, "table": kind}
+        targets = list(latency_target_ms) if isinstance(latency_target_ms, Sequence) and \
+            not isinstance(latency_target_ms, str) else None
+        check(targets is not None and all(_number(t) and t > 0 for t in targets),
+              f"early_exit.latency_target_ms must be a list of positive numbers (ms), got {latency_target_ms!r}")
+        self.predictor_options: dict[str, Any] | None = predictor
+        self.latency_target_ms = tuple(float(t) for t in targets)
+        #: off-ramp entropies [n, L-1] of the training subset, once the weights are final (ExitCurveCallback)
+        self.train_entropies: torch.Tensor | None = None
         self.training, self.offramp_epochs, self.offramp_lr = training, offramp_epochs, offramp_lr
         self.joint_weight, self.threshold, self.deploy_tolerance = float(joint_weight), threshold, float(deploy_tolerance)
         self.tolerances, self.curve_points = tuple(float(t) for t in tolerances), curve_points
@@ -275,6 +313,18 @@ class EntropyEarlyExit(Method):
         return {"score": score, "saving": saving, "threshold": float(self.threshold),
                 "score_loss_points": 100.0 * (base - score)}
 
+    # -- exit-layer predictor (EdgeBERT) ----------------------------------------------------------
+    def fitted_predictor(self) -> tuple[ExitPredictor, dict] | None:
+        """The lookup table fitted on the kept training entropies at the deployed threshold, and its report on the
+        latest main dev set; None before the training entropies are kept (or with ``predictor: null``)."""
+        at = self.deployed_threshold()
+        if self.predictor_options is None or self.train_entropies is None or not self.evals or at is None:
+            return None
+        logits, labels, _ = self.evals[0]
+        predictor = fit_predictor(self.train_entropies, int(logits.shape[-1]), at, self.predictor_options["bins"],
+                                  self.predictor_options["table"])
+        return predictor, predictor_report(predictor, logits, labels, self.metric)
+
     # -- run hooks -----------------------------------------------------------------------------
     def callbacks(self) -> list:
         return [ExitCurveCallback(self)]
@@ -307,16 +357,58 @@ class EntropyEarlyExit(Method):
                 key = f"{p.tolerance:g}"
                 out.update({f"threshold@{key}": p.threshold, f"{self.metric}@{key}": p.score,
                             f"delta@{key}": p.score - base, f"saving@{key}": p.saving})
+        fitted = self.fitted_predictor()
+        if fitted is not None:
+            out.update({f"predictor/{k}": v for k, v in fitted[1].items()})
+            out["predictor/train_sentences"] = int(self.train_entropies.shape[0])
         return out
+
+
+@torch.no_grad()
+def training_set_entropies(module: pl.LightningModule, method: EntropyEarlyExit, datamodule,
+                           max_samples: int | None, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """Off-ramp entropies ``[n, L−1]`` of the run's training split (a seeded random subset of ``max_samples`` rows,
+    in dataset order), from one eval-mode pass without gradient (observers do not move); and the rows used."""
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    train = datamodule.splits[datamodule.task.train_split]
+    rows = list(range(len(train)))
+    if max_samples is not None and max_samples < len(rows):
+        rows = sorted(random.Random(seed).sample(rows, max_samples))
+    loader = DataLoader(train.select(rows).with_format("torch"), batch_size=datamodule.eval_batch_size,
+                        collate_fn=DataCollatorWithPadding(datamodule.tokenizer, return_tensors="pt"))
+    was_training = module.training
+    module.eval()
+    try:
+        kept = []
+        for batch in loader:
+            batch = {k: v.to(module.device) for k, v in batch.items()}
+            logits = method.eval_outputs(module(batch, "eval"), batch)["logits"]
+            kept.append(entropy(logits[:, :-1]).cpu())
+    finally:
+        module.train(was_training)
+    return torch.cat(kept), rows
 
 
 class ExitCurveCallback(pl.Callback):
     """Per validation: resets the method's per-eval-set store before (a validation cut short stays harmless), and after writes the main dev set's
     exit logits (``<run dir>/early_exit/exit_logits.pt``, what ``scores_from`` and the benchmark read) and
-    logs the threshold curve to W&B as a table and a line plot (accuracy vs expected saving)."""
+    logs the threshold curve to W&B as a table and a line plot (accuracy vs expected saving).
+
+    Once the weights are final, keeps the training set's off-ramp entropies for the exit-layer predictor
+    (``<run dir>/early_exit/exit_predictor.pt``) and logs its table and miss counts to W&B."""
 
     def __init__(self, method: EntropyEarlyExit):
         self.method = method
+        self._predictor_step: int | None = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # without after-stages (joint) the weights are final now, unless training ended between validations: then
+        # the pipeline's closing validation (below) refreshes the dev logits first; with after-stages (two_stage)
+        # the off-ramps train later and the closing validation is the moment too
+        if not self.method.stages() and getattr(pl_module, "final_metrics_step", None) == trainer.global_step:
+            self._keep_train_entropies(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.method.evals.clear()
@@ -345,4 +437,43 @@ class ExitCurveCallback(pl.Callback):
                     "early_exit/curve": table,
                     "early_exit/score_vs_saving": wandb.plot.line(table, "expected_saving", curve.metric,
                                                                   title=f"{curve.metric} vs expected saving"),
+                    "trainer/global_step": trainer.global_step})
+        if trainer.state.fn == TrainerFn.VALIDATING:  # the pipeline's closing validation: the final weights
+            self._keep_train_entropies(trainer, pl_module)
+
+    def _keep_train_entropies(self, trainer, pl_module) -> None:
+        options = self.method.predictor_options
+        if (options is None or not trainer.is_global_zero or trainer.datamodule is None
+                or self._predictor_step == trainer.global_step):
+            return
+        entropies, rows = training_set_entropies(pl_module, self.method, trainer.datamodule,
+                                                 options["max_train_samples"])
+        self.method.train_entropies = entropies
+        self._predictor_step = trainer.global_step
+        fitted = self.method.fitted_predictor()
+        directory = Path(trainer.default_root_dir) / "early_exit"
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (PREDICTOR_FILE + ".tmp")
+        record = {"train_entropies": entropies, "train_rows": torch.tensor(rows), "step": trainer.global_step, **options}
+        if fitted is not None:
+            predictor, report = fitted
+            record.update(threshold=predictor.threshold, fitted_table=predictor.table, bin_counts=predictor.counts)
+        torch.save(record, tmp)
+        tmp.replace(directory / PREDICTOR_FILE)
+        if fitted is None:
+            return
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                rows_out = predictor.rows()
+                columns = list(rows_out[0])
+                misses = sorted((int(k), v) for k, v in report["miss_counts"].items())
+                logger.experiment.log({
+                    "early_exit/exit_predictor": wandb.Table(columns=columns,
+                                                             data=[[r[c] for c in columns] for r in rows_out]),
+                    "early_exit/predictor_miss": wandb.Table(columns=["predicted_minus_actual_layers", "sentences"],
+                                                             data=[list(m) for m in misses]),
                     "trainer/global_step": trainer.global_step})

@@ -11,6 +11,7 @@ runs in (tested at batch 1 and 32).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -71,7 +72,10 @@ def off_ramps(model: nn.Module) -> list[nn.Module]:
 
 class ExitRunner(nn.Module):
     """``runner(input_ids, attention_mask, token_type_ids) -> logits``; ``runner.exit_layers`` holds the
-    0-based layer each sample of the last call left at (L−1: the final head)."""
+    0-based layer each sample of the last call left at (L−1: the final head).
+
+    ``runner.clock``: when a list, each call appends ``time.perf_counter()`` after the embeddings and after each
+    layer's exit decision (the last: after the final head) — the per-layer time the benchmark measures."""
 
     def __init__(self, model: nn.Module, threshold: float | None = None, trim_padding: bool = True):
         super().__init__()
@@ -91,6 +95,7 @@ class ExitRunner(nn.Module):
         self.threshold = float(threshold)
         self.trim_padding = trim_padding
         self.exit_layers: torch.Tensor | None = None
+        self.clock: list[float] | None = None
 
     def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         from transformers.masking_utils import create_bidirectional_mask
@@ -105,6 +110,7 @@ class ExitRunner(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         mask = self._mask(hidden, attention_mask)
+        self._tick()
         alive = torch.arange(batch, device=input_ids.device)
         exit_layers = torch.full((batch,), len(self.layers) - 1, dtype=torch.long, device=input_ids.device)
         out: torch.Tensor | None = None
@@ -119,23 +125,31 @@ class ExitRunner(nn.Module):
                 out = logits.new_zeros(batch, logits.shape[-1])
             leave = entropy(logits) < self.threshold  # DeeBERT: strictly below
             if not bool(leave.any()):
+                self._tick()
                 continue
             out[alive[leave]] = logits[leave].to(out.dtype)
             exit_layers[alive[leave]] = i
             stay = ~leave
             if not bool(stay.any()):
                 self.exit_layers = exit_layers
+                self._tick()
                 return out
             alive, hidden, attention_mask = alive[stay], hidden[stay], attention_mask[stay]
             if self.trim_padding:
                 hidden, attention_mask = _trim_padding(hidden, attention_mask)
             mask = self._mask(hidden, attention_mask)
+            self._tick()
         final = self.head(hidden)
         if out is None:
             out = final.new_zeros(batch, final.shape[-1])
         out[alive] = final.to(out.dtype)
         self.exit_layers = exit_layers
+        self._tick()
         return out
+
+    def _tick(self) -> None:
+        if self.clock is not None:
+            self.clock.append(time.perf_counter())
 
 
 def _trim_padding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

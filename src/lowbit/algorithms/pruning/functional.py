@@ -1,19 +1,28 @@
-"""Magnitude masks and the cubic sparsity schedule, as pure functions.
+"""Pruning masks, the cubic sparsity schedule and movement pruning's pieces, as pure functions.
 
-- ``magnitude_masks``: keep the largest |w|, per matrix or over the union of matrices;
+- ``topk_masks`` / ``magnitude_masks``: keep the largest scores (|w| for magnitude pruning), per
+  matrix or over the union of matrices;
 - ``cubic_sparsity``: Zhu & Gupta's (2017) gradual schedule with Sanh et al.'s (2020) initial and
-  final warmups.
+  final warmups;
+- ``straight_through``, ``threshold_keep``, ``sigmoid_l1``, ``init_scores``: Sanh et al.'s (2020)
+  movement pruning (``TopKBinarizer`` / ``ThresholdBinarizer`` gradients, the soft-movement L1
+  penalty, the score initializations of their ``MaskedLinear``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from lowbit.errors import check
 
 SCOPES = ("per_matrix", "global")
+#: score initializations of Sanh et al.'s ``MaskedLinear.init_mask`` (``mask_init``)
+SCORE_INITS = ("constant", "uniform", "kaiming")
+#: ``ThresholdBinarizer`` keeps at least int(0.005·n) + 1 weights of every matrix (half a percent)
+MIN_KEEP_FRACTION = 0.005
 
 
 def keep_largest(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
@@ -40,27 +49,33 @@ def n_pruned(sparsity: float, numel: int) -> int:
     return round(sparsity * numel)
 
 
-def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
-                    scope: str = "per_matrix") -> dict[str, torch.Tensor]:
-    """Keep-masks (True = survives) that prune the smallest |w|.
+def topk_masks(scores: Mapping[str, torch.Tensor], sparsity: float,
+               scope: str = "per_matrix") -> dict[str, torch.Tensor]:
+    """Keep-masks (True = survives) that prune the lowest scores.
 
     ``per_matrix``: exactly round(sparsity·n) entries of every matrix are pruned. ``global``:
-    round(sparsity·N) over the union of all matrices (N entries together), so matrices with small
-    weights lose more. Ties are broken by position (matrices in the order given, then flat index):
+    round(sparsity·N) over the union of all matrices (N entries together), so matrices with low
+    scores lose more. Ties are broken by position (matrices in the order given, then flat index):
     the earlier entry survives.
     """
     check(0.0 <= sparsity <= 1.0, f"sparsity must be in [0, 1], got {sparsity!r}")
     check(scope in SCOPES, f"pruning scope must be one of {SCOPES}, got {scope!r}")
-    if scope == "per_matrix" or not weights:
-        return {name: keep_largest(w.detach().abs(), w.numel() - n_pruned(sparsity, w.numel()))
-                for name, w in weights.items()}
-    flat = torch.cat([w.detach().abs().reshape(-1).float() for w in weights.values()])
+    if scope == "per_matrix" or not scores:
+        return {name: keep_largest(s.detach(), s.numel() - n_pruned(sparsity, s.numel()))
+                for name, s in scores.items()}
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
     keep = keep_largest(flat, flat.numel() - n_pruned(sparsity, flat.numel()))
     masks, start = {}, 0
-    for name, w in weights.items():
-        masks[name] = keep[start:start + w.numel()].reshape(w.shape)
-        start += w.numel()
+    for name, s in scores.items():
+        masks[name] = keep[start:start + s.numel()].reshape(s.shape)
+        start += s.numel()
     return masks
+
+
+def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
+                    scope: str = "per_matrix") -> dict[str, torch.Tensor]:
+    """Keep-masks (True = survives) that prune the smallest |w|: ``topk_masks`` of |w|."""
+    return topk_masks({name: w.detach().abs() for name, w in weights.items()}, sparsity, scope)
 
 
 def check_warmups(initial_warmup: float, final_warmup: float, prefix: str = "") -> None:
@@ -98,3 +113,54 @@ def cubic_sparsity(step: int, total_steps: int, initial_sparsity: float, final_s
         return float(initial_sparsity)
     remaining = 1.0 - (step - start) / (end - start)
     return float(final_sparsity + (initial_sparsity - final_sparsity) * remaining ** 3)
+
+
+# -- movement pruning (Sanh et al. 2020) -----------------------------------------------------------
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return keep.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def straight_through(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``keep`` as 0./1. in ``scores``' dtype; the gradient goes to ``scores`` unchanged.
+
+    The backward of Sanh et al.'s ``TopKBinarizer`` and ``ThresholdBinarizer``: with ``w * mask``,
+    the scores receive w·∂L/∂(w·mask), so an SGD step moves them by −lr·w·∂L/∂w′ (movement). The
+    forward is exact (no ``s − s.detach()`` rounding).
+    """
+    return _StraightThrough.apply(scores, keep)
+
+
+def threshold_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Soft movement's mask: σ(S) > τ, but never fewer than int(0.005·n) + 1 survivors (the largest scores).
+
+    Sanh et al.'s ``ThresholdBinarizer(sigmoid=True)`` (half a percent of every matrix always survives).
+    """
+    n = scores.numel()
+    n_min = int(MIN_KEEP_FRACTION * n) + 1
+    keep = torch.sigmoid(scores.detach()) > threshold
+    if int(keep.sum()) < n_min:
+        return keep_largest(scores.detach(), n_min)
+    return keep
+
+
+def sigmoid_l1(scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Soft movement's penalty: the mean over score tensors of ‖σ(S)‖₁ / numel (Sanh et al.'s ``regularization``, l1)."""
+    check(len(scores) > 0, "sigmoid_l1 needs at least one score tensor")
+    return sum(torch.sigmoid(s).sum() / s.numel() for s in scores) / len(scores)
+
+
+@torch.no_grad()
+def init_scores(scores: torch.Tensor, init: str, scale: float) -> torch.Tensor:
+    """Fill ``scores`` in place as Sanh et al.'s ``MaskedLinear.init_mask`` (``mask_init``, ``mask_scale``)."""
+    check(init in SCORE_INITS, f"score init must be one of {SCORE_INITS}, got {init!r}")
+    if init == "constant":
+        return torch.nn.init.constant_(scores, scale)
+    if init == "uniform":
+        return torch.nn.init.uniform_(scores, -scale, scale)
+    return torch.nn.init.kaiming_uniform_(scores, a=math.sqrt(5))

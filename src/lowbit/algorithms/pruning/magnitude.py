@@ -41,6 +41,25 @@ def masked_sparsity(masks: Sequence[WeightMask]) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
+def check_sparsities(final_sparsity: Any, initial_sparsity: Any) -> None:
+    _check_fraction(final_sparsity, "final_sparsity")
+    check(_is_number(initial_sparsity) and 0.0 <= initial_sparsity <= final_sparsity,
+          f"pruning.initial_sparsity must be in [0, pruning.final_sparsity={final_sparsity}], got {initial_sparsity!r}")
+
+
+def check_schedule_and_embeddings(initial_warmup: Any, final_warmup: Any, embedding_sparsity: Any,
+                                  embedding_roles: Any) -> None:
+    """The options every pruning method shares: warmups of the cubic schedule, magnitude-pruned embeddings."""
+    check(_is_number(initial_warmup), f"pruning.initial_warmup must be in [0, 1), got {initial_warmup!r}")
+    check(_is_number(final_warmup), f"pruning.final_warmup must be in [0, 1), got {final_warmup!r}")
+    check_warmups(initial_warmup, final_warmup, prefix="pruning.")
+    if embedding_sparsity is not None:
+        _check_fraction(embedding_sparsity, "embedding_sparsity")
+    check(isinstance(embedding_roles, Sequence) and not isinstance(embedding_roles, str)
+          and len(embedding_roles) > 0 and all(r in EMBEDDING_ROLES for r in embedding_roles),
+          f"pruning.embedding_roles must be a non-empty list of {EMBEDDING_ROLES}, got {embedding_roles!r}")
+
+
 class MagnitudePruning(Method):
     """Prune the smallest |w| of the encoder Linear weights (roles ``attention``, ``ffn``), optionally embeddings.
 
@@ -65,22 +84,12 @@ class MagnitudePruning(Method):
                  scope: str = "per_matrix", initial_warmup: float = 0.0, final_warmup: float = 0.1,
                  update_every: int = 1, embedding_sparsity: float | None = None,
                  embedding_roles: Sequence[str] = ("word_embedding",)):
-        _check_fraction(final_sparsity, "final_sparsity")
-        check(_is_number(initial_sparsity) and 0.0 <= initial_sparsity <= final_sparsity,
-              f"pruning.initial_sparsity must be in [0, pruning.final_sparsity={final_sparsity}], "
-              f"got {initial_sparsity!r}")
+        check_sparsities(final_sparsity, initial_sparsity)
         check(schedule in SCHEDULES, f"pruning.schedule must be one of {SCHEDULES}, got {schedule!r}")
         check(scope in SCOPES, f"pruning.scope must be one of {SCOPES}, got {scope!r}")
-        check(_is_number(initial_warmup), f"pruning.initial_warmup must be in [0, 1), got {initial_warmup!r}")
-        check(_is_number(final_warmup), f"pruning.final_warmup must be in [0, 1), got {final_warmup!r}")
-        check_warmups(initial_warmup, final_warmup, prefix="pruning.")
+        check_schedule_and_embeddings(initial_warmup, final_warmup, embedding_sparsity, embedding_roles)
         check(isinstance(update_every, int) and not isinstance(update_every, bool) and update_every >= 1,
               f"pruning.update_every must be a positive integer, got {update_every!r}")
-        if embedding_sparsity is not None:
-            _check_fraction(embedding_sparsity, "embedding_sparsity")
-        check(isinstance(embedding_roles, Sequence) and not isinstance(embedding_roles, str)
-              and len(embedding_roles) > 0 and all(r in EMBEDDING_ROLES for r in embedding_roles),
-              f"pruning.embedding_roles must be a non-empty list of {EMBEDDING_ROLES}, got {embedding_roles!r}")
         self.final_sparsity, self.initial_sparsity = float(final_sparsity), float(initial_sparsity)
         self.schedule, self.scope = schedule, scope
         self.initial_warmup, self.final_warmup = float(initial_warmup), float(final_warmup)
@@ -149,14 +158,7 @@ class MagnitudePruning(Method):
         out: dict[str, Any] = {"target_sparsity": self.final_sparsity}
         if not self.encoder:
             return out  # never prepared
-        encoder, embedding = self.measured_sparsity()
-        out["sparsity"] = encoder
-        if embedding is not None:
-            out["embedding_sparsity"] = embedding
-            out["target_embedding_sparsity"] = self.embedding_sparsity
-        for name, (_, mask) in {**self.encoder, **self.embeddings}.items():
-            out[f"sparsity/{name}"] = mask.sparsity()
-        return out
+        return {**out, **sparsity_summary(self.encoder, self.embeddings, self.embedding_sparsity)}
 
 
 class GradualPruningCallback(pl.Callback):
@@ -172,17 +174,36 @@ class GradualPruningCallback(pl.Callback):
         self._measured: tuple[float, float | None] | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        total = trainer.estimated_stepping_batches
-        check(math.isfinite(total) and total >= 1,
-              f"pruning.schedule=cubic needs a finite number of training steps (trainer.max_steps or max_epochs), "
-              f"got {total}")
-        total, step, m = int(total), trainer.global_step, self.method
+        total = total_training_steps(trainer, "pruning.schedule=cubic")
+        step, m = trainer.global_step, self.method
         if step != self._updated_at and (step % m.update_every == 0 or step >= total - 1):
             m.update_masks(*m.scheduled_sparsity(step, total))
             self._updated_at, self._measured = step, None
         if self._measured is None:  # measured once per update (after a resume: from the checkpoint's masks)
             self._measured = m.measured_sparsity()
-        encoder, embedding = self._measured
-        pl_module.log("pruning/sparsity", encoder, on_step=True, on_epoch=False, batch_size=1)
-        if embedding is not None:
-            pl_module.log("pruning/embedding_sparsity", embedding, on_step=True, on_epoch=False, batch_size=1)
+        log_sparsity(pl_module, *self._measured)
+
+
+def sparsity_summary(encoder: MaskedLayers, embeddings: MaskedLayers, embedding_target: float | None) -> dict[str, Any]:
+    """Achieved sparsity: of the encoder Linear weights together, of the embeddings, and per module."""
+    out: dict[str, Any] = {"sparsity": masked_sparsity([m for _, m in encoder.values()])}
+    if embeddings:
+        out["embedding_sparsity"] = masked_sparsity([m for _, m in embeddings.values()])
+        out["target_embedding_sparsity"] = embedding_target
+    for name, (_, mask) in {**encoder, **embeddings}.items():
+        out[f"sparsity/{name}"] = mask.sparsity()
+    return out
+
+
+def total_training_steps(trainer, option: str) -> int:
+    """The run's optimizer steps, which a schedule needs to be finite (one line naming ``option`` otherwise)."""
+    total = trainer.estimated_stepping_batches
+    check(math.isfinite(total) and total >= 1,
+          f"{option} needs a finite number of training steps (trainer.max_steps or max_epochs), got {total}")
+    return int(total)
+
+
+def log_sparsity(pl_module, encoder: float, embedding: float | None) -> None:
+    pl_module.log("pruning/sparsity", encoder, on_step=True, on_epoch=False, batch_size=1)
+    if embedding is not None:
+        pl_module.log("pruning/embedding_sparsity", embedding, on_step=True, on_epoch=False, batch_size=1)

@@ -163,8 +163,8 @@ def _check_drop_base(spec: TableSpec) -> None:
 
 def _row_overrides(spec: TableSpec, row: TableRow, extra_overrides: list[str], done: dict[str, Path]) -> list[str]:
     overrides = [_resolve_refs(o, done) for o in [*row.base(spec.base_overrides), *row.overrides, *extra_overrides]]
-    overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}",
-                  f"logger.wandb.name={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
+    overrides += [f"task_name={spec.name}-{row.name}", f"logger.wandb.group={spec.name}", f"logger.wandb.name={row.name}",
+                  f"logger.wandb.job_type={row.name}"] if not any(o.startswith("logger=") for o in overrides) else []
     return overrides
 
 
@@ -416,7 +416,10 @@ def log_wandb_table(spec: TableSpec, results: list[dict], out_dir: Path, mode: s
                      mode=resolve_wandb_mode(mode), config={"table": spec.name, "title": spec.title})
     run.log({spec.name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in results])})
     run.summary["paper_source"] = spec.paper_source
-    print(f"W&B table {spec.name!r} logged ({run.settings.mode}) under {out_dir}/wandb")
+    run_dir = Path(run.dir).parent
+    sync = f" (upload later with: wandb sync {run_dir})" if run.settings.mode == "offline" else ""
+    print(f"W&B table {spec.name!r} logged ({run.settings.mode}) to {run_dir}{sync}; its rows' runs share the group "
+          f"{spec.name!r}, one job_type per row")
     run.finish()
 
 

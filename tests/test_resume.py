@@ -46,3 +46,24 @@ def test_last_checkpoint_holds_the_final_weights(make_cfg):
     final = result.job.model.state_dict()
     saved = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in final)
+
+
+def test_a_run_resumed_after_its_last_step_reports_what_the_finished_run_did(make_cfg, monkeypatch):
+    """Killed after the last training step (in the closing validation or while writing the summary), the rerun
+    trains nothing more; its summary still has the loss terms of the last step, equal to the uninterrupted run's."""
+    overrides = [*BASE, "trainer.max_steps=3", "finetune.epochs=1", "distillation=kd_logits", "quantizer=uniform",
+                 "bit_assignment.bits=4"]
+    first = make_cfg(overrides)
+    run(first)
+    done = json.loads(Path(first.paths.output_dir, "summary.json").read_text())
+    assert {"train/loss_logits", "train/loss_task"} <= set(done)
+    steps = []
+    original = CompressionModule.training_step
+    monkeypatch.setattr(CompressionModule, "training_step",
+                        lambda self, batch, idx: steps.append(self.global_step) or original(self, batch, idx))
+    second = make_cfg([*overrides, "ckpt_path=last"])  # the same output dir: resumes from the final last.ckpt
+    run(second)
+    assert steps == []  # nothing left to train
+    again = json.loads(Path(second.paths.output_dir, "summary.json").read_text())
+    for key in ("train/loss_logits", "train/loss_task", "train/global_step", "val/acc"):
+        assert again[key] == done[key], key

@@ -13,7 +13,7 @@ the eval set and identical on every rank (``lowbit.distributed.gather_eval``).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -53,6 +53,14 @@ class CompressionModule(pl.LightningModule):
         self.final_metrics: dict[str, float] = {}
         self.final_metrics_step = -1
         self.last_loss_terms: dict[str, float] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # a run resumed after its last training step (killed in the closing validation) trains nothing more: it
+        # still reports the loss terms of that step
+        checkpoint["lowbit_last_loss_terms"] = dict(self.last_loss_terms)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.last_loss_terms = dict(checkpoint.get("lowbit_last_loss_terms", {}))
 
     def forward(self, batch, mode: str = "train"):
         return self.model(**batch, **self.forward_kwargs[mode])

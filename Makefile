@@ -26,7 +26,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) train.py +experiment=demo_sst2
 
-# PostgreSQL server for tests/test_sweep_postgres.py: apt-get installed when missing and possible (root + apt);
+# PostgreSQL server for tests/test_sweep_postgres.py and Debian's chromium for the dashboard's browser tests
+# (tests/report, driven by Playwright): apt-get installed when missing and possible (root + apt);
 # otherwise those tests are skipped and pytest -ra prints why
 test-deps:
 	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
@@ -35,6 +36,12 @@ test-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	    || echo "could not install postgresql: tests/test_sweep_postgres.py will be skipped"; \
 	else echo "no PostgreSQL (initdb) and cannot apt-get it (not root or no apt): tests/test_sweep_postgres.py will be skipped"; fi
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt-get) for the dashboard's browser tests (tests/report)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser tests in tests/report will be skipped"; \
+	else echo "no /usr/bin/chromium and cannot apt-get it (not root or no apt): the browser tests in tests/report will be skipped"; fi
 
 test: $(STAMP) test-deps
 	$(PY) -m pytest -q

@@ -442,9 +442,29 @@ def check_deploy(args: list[str], tiny: TinyRun) -> str:
     return f"options parse, backend {a.backend} registered"
 
 
+def check_report(args: list[str], tiny: TinyRun) -> str:
+    """Options parse and the site builds: ``logs`` (the default root; absent from a fresh clone) is the session's
+    tiny run, any other root must be a committed directory (``experiments/qbert/results``); ``--wandb`` is not
+    called (its one-line error without an API key is tests/report's)."""
+    from lowbit.report import build_report
+    from lowbit.report.__main__ import parser
+
+    a = parser().parse_args(args)
+    roots = []
+    for root in a.roots or [Path("logs")]:
+        if str(root) == "logs":
+            roots.append(tiny.run_dir)
+        else:
+            assert (ROOT / root).is_dir(), f"documented report root {str(root)!r} is not a directory of the repository"
+            roots.append(ROOT / root)
+    index = build_report(roots, tiny.tmp / "report")
+    return f"site built from {[str(r) for r in roots]}: {index}"
+
+
 CHECKERS: dict[str, Callable[[list[str], TinyRun], str]] = {
     "train.py": check_train, "lowbit.tables": check_tables, "lowbit.hessian": check_hessian,
     "lowbit.export": check_export, "lowbit.bench": check_bench, "lowbit.deploy": check_deploy,
+    "lowbit.report": check_report,
 }
 
 

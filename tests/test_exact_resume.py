@@ -1,5 +1,5 @@
 """Exact resume: a run killed with SIGKILL at a random step (mid-epoch, in any stage) and resumed ends with the
-same final metrics and weights as the uninterrupted run, bit for bit (CPU, same seed).
+same final metrics and weights as the uninterrupted run, bit for bit (CPU, same seed), with length-grouped batches.
 
 The run combines every kind of method state: the float fine-tune stage (its own checkpoints), a frozen teacher
 (distillation), EMA activation observers (8-bit EMA activations), pruning masks and their schedule, the
@@ -29,7 +29,8 @@ RUN = ["model=tiny", "logger=none", "callbacks=default", "~callbacks.progress_ba
        "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
        "trainer.max_epochs=3", "data.max_train_samples=48", "data.max_eval_samples=16", "data.batch_size=8",
        "seed=42", "finetune.epochs=1", "distillation=kd_logits", "quantizer=uniform", "bit_assignment.bits=4",
-       "pruning=magnitude", "pruning.final_sparsity=0.5", "pruning.final_warmup=0.2", "ckpt_path=auto"]
+       "pruning=magnitude", "pruning.final_sparsity=0.5", "pruning.final_warmup=0.2", "ckpt_path=auto",
+       "data.group_by_length=true", "data.length_group_batches=2"]  # grouped order: also replayed on resume
 STEPS_FINETUNE, STEPS_MAIN = 6, 18  # 48 / 8 = 6 batches per epoch
 
 

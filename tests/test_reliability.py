@@ -245,6 +245,27 @@ def test_a_table_rerun_with_another_config_is_refused(tmp_path):
     _compose_rows(spec, ["model=tiny"], tmp_path)  # the same config: resumes
 
 
+def test_a_row_stored_before_a_new_option_resumes_only_at_the_old_behaviour(tmp_path):
+    """A row stored before ``data.group_by_length`` existed ran ungrouped batches: it resumes when the option is
+    at that behaviour, and is refused when the rerun turns grouping on."""
+    from lowbit.compose import compose_train
+    from lowbit.tables import LATER_KEYS, ROW_CONFIG_FILE, TableSpec, _compose_rows, row_fingerprint
+
+    spec = TableSpec.load("ternarybert_table1_sst2")
+    row = spec.rows[0]
+    row_dir = tmp_path / row.name
+    row_dir.mkdir()
+    base = [o for o in spec.base_overrides if not o.startswith("data.group_by_length")]
+    cfg = compose_train(["model=tiny", *row.overrides, *base, "data.group_by_length=false"], row_dir)
+    old = {k: v for k, v in row_fingerprint(cfg).items() if k not in LATER_KEYS}  # as stored before the keys
+    assert len(old) == len(row_fingerprint(cfg)) - len(LATER_KEYS)
+    (row_dir / ROW_CONFIG_FILE).write_text(json.dumps(old, default=str))
+    (row_dir / "summary.json").write_text("{}")
+    _compose_rows(spec, ["model=tiny", "data.group_by_length=false"], tmp_path)  # the old behaviour: resumes
+    with pytest.raises(LowbitConfigError, match=r"data.group_by_length=False \(stored\) vs True \(now\)"):
+        _compose_rows(spec, ["model=tiny"], tmp_path)  # the table's own setting (grouped): another config
+
+
 @pytest.mark.parametrize("name", ["../train", "a/b", ".."])
 def test_table_names_cannot_escape_conf_table(name):
     from lowbit.tables import TableSpec

@@ -7,6 +7,7 @@ import re
 
 import pytest
 from conftest import TINY_RUN
+from wandb_records import run_record
 
 from lowbit.errors import LowbitConfigError
 from lowbit.module import CompressionModule
@@ -134,35 +135,7 @@ def test_table_rows_are_grouped_in_wandb_by_table_and_row(tmp_path, monkeypatch,
     for row in ("fp32_row", "w2_row"):
         runs = list((out / row / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, row
-        run = _wandb_run_record(next(runs[0].glob("*.wandb")))
+        run = run_record(next(runs[0].glob("*.wandb")))
         assert (run.run_group, run.job_type, run.display_name) == ("grouped_table", row, row)
     printed = capsys.readouterr().out
     assert "W&B table 'grouped_table' logged (offline)" in printed and "wandb sync " in printed
-
-
-def _wandb_run_record(path):
-    """The run record (group, job type, name) of an offline ``.wandb`` file: W&B's log is a 7-byte header, then
-    LevelDB-style 32 KiB blocks of [crc32 (4), length (2), type (1), payload]; records are ``wandb_internal``
-    protobufs, split over blocks (type 1 full, 2 first, 3 middle, 4 last)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, pending = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # a block's tail too short for a header is padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "run":
-                return record.run
-    raise AssertionError(f"no run record in {path}")

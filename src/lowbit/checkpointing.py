@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +169,24 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 
 
 class ResumableRandomSampler(torch.utils.data.Sampler[int]):
-    """``RandomSampler`` that can continue mid-epoch.
+    """``RandomSampler`` that can continue mid-epoch, optionally grouping examples of similar length.
 
     Each epoch draws its shuffle seed from the global torch RNG exactly as ``torch.utils.data.RandomSampler``
     does (so a run's data order is what it was with ``shuffle=True``), and remembers it; ``resume_at(seed,
     batches)`` makes the next epoch replay that permutation from the first sample not yet trained on.
+
+    ``lengths`` (token counts) turns on length grouping, as transformers' ``LengthGroupedSampler``: the
+    permutation is cut into mega-batches of ``group_batches`` batches, each sorted by length (longest first),
+    then the full batches are shuffled. A padded batch then wastes little compute on padding, while batch
+    order and membership stay random. The last, partial batch stays last so the DataLoader's batch
+    boundaries (consecutive ``batch_size`` indices) are the batches built here. The order is a function of the
+    seed alone, so resume works as without grouping.
     """
 
-    def __init__(self, n: int, batch_size: int):
+    def __init__(self, n: int, batch_size: int, lengths: Sequence[int] | None = None, group_batches: int = 50):
+        check(lengths is None or len(lengths) == n, f"length grouping: {len(lengths or [])} lengths for {n} examples")
         self.n, self.batch_size = n, batch_size
+        self.lengths, self.group_batches = (None if lengths is None else list(lengths)), group_batches
         self.seed: int | None = None
         self._resume: tuple[int, int] | None = None
 
@@ -186,6 +196,21 @@ class ResumableRandomSampler(torch.utils.data.Sampler[int]):
     def resume_at(self, seed: int, batches_done: int) -> None:
         self._resume = (seed, batches_done * self.batch_size)
 
+    def order(self, seed: int) -> list[int]:
+        """The epoch's sample order for ``seed``."""
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        perm = torch.randperm(self.n, generator=generator).tolist()
+        if self.lengths is None:
+            return perm
+        mega, bs = self.batch_size * self.group_batches, self.batch_size
+        grouped = [i for start in range(0, self.n, mega)
+                   for i in sorted(perm[start:start + mega], key=lambda i: -self.lengths[i])]  # stable: ties random
+        full = self.n // bs
+        batches = [grouped[b * bs:(b + 1) * bs] for b in range(full)]
+        shuffled = [batches[b] for b in torch.randperm(full, generator=generator).tolist()]
+        return [i for batch in shuffled for i in batch] + grouped[full * bs:]
+
     def __iter__(self):
         if self._resume is not None:
             seed, start = self._resume
@@ -193,14 +218,14 @@ class ResumableRandomSampler(torch.utils.data.Sampler[int]):
         else:
             seed, start = int(torch.empty((), dtype=torch.int64).random_().item()), 0
         self.seed = seed
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=generator).tolist()[start:]
+        yield from self.order(seed)[start:]
 
 
-def train_sampler(datamodule, n: int, batch_size: int) -> ResumableRandomSampler:
-    """The training sampler of ``datamodule``, starting where a restored checkpoint left off."""
-    sampler = ResumableRandomSampler(n, batch_size)
+def train_sampler(datamodule, n: int, batch_size: int, lengths: Sequence[int] | None = None,
+                  group_batches: int = 50) -> ResumableRandomSampler:
+    """The training sampler of ``datamodule``, starting where a restored checkpoint left off (``lengths``:
+    group by length, see ``ResumableRandomSampler``)."""
+    sampler = ResumableRandomSampler(n, batch_size, lengths, group_batches)
     pending = getattr(datamodule, "pending_sampler_resume", None)
     if pending is not None:
         sampler.resume_at(*pending)

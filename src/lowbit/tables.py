@@ -172,6 +172,10 @@ def _row_overrides(spec: TableSpec, row: TableRow, extra_overrides: list[str], d
 VOLATILE_KEYS = ("paths", "hydra", "logger", "callbacks", "tags", "task_name", "ckpt_path", "trainer.enable_progress_bar",
                  "data.cache_dir", "data.num_workers")
 ROW_CONFIG_FILE = "row_config.json"
+#: config keys added to lowbit after table rows may have been stored, with the value that reproduces what those
+#: rows ran: a stored row without the key is compared as if it had this value (so a new option, at its old
+#: behaviour, does not invalidate finished rows; any other value still does)
+LATER_KEYS: dict[str, Any] = {"data.group_by_length": False, "data.length_group_batches": 50}
 
 
 def save_run_config(cfg, row_dir: Path) -> None:
@@ -206,6 +210,7 @@ def check_same_config(row_dir: Path, fingerprint: dict[str, Any]) -> None:
     if not stored_file.is_file():
         return
     stored = json.loads(stored_file.read_text())
+    stored = {**{k: v for k, v in LATER_KEYS.items() if k in fingerprint}, **stored}
     differ = sorted((k for k in set(stored) | set(fingerprint) if stored.get(k, "<unset>") != fingerprint.get(k, "<unset>")),
                     key=lambda k: (k not in stored or k not in fingerprint, k))  # changed values before added/removed keys
     shown = ", ".join(f"{k}={stored.get(k, '<unset>')!r} (stored) vs {fingerprint.get(k, '<unset>')!r} (now)"
@@ -410,11 +415,14 @@ def log_wandb_table(spec: TableSpec, results: list[dict], out_dir: Path, mode: s
     import wandb
 
     from lowbit.tracking import resolve_wandb_mode
+    from lowbit.wandb_charts import row_settings, table_charts, with_deltas
 
-    columns = list(dict.fromkeys(k for r in results for k in r))
+    rows = with_deltas(spec, results)  # the paper columns and Δ = ours − paper
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     run = wandb.init(project="lowbit", name=spec.name, group=spec.name, job_type="table", dir=str(out_dir),
                      mode=resolve_wandb_mode(mode), config={"table": spec.name, "title": spec.title})
-    run.log({spec.name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in results])})
+    run.log({spec.name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
+             **table_charts(spec, results, row_settings(out_dir, [r["row"] for r in results]))})
     run.summary["paper_source"] = spec.paper_source
     run_dir = Path(run.dir).parent
     sync = f" (upload later with: wandb sync {run_dir})" if run.settings.mode == "offline" else ""

@@ -1035,6 +1035,11 @@ class LowbitOptunaSweeperImpl:
         overrides = [f"{name}={format_override_value(val)}" for name, val in trial.params.items()]
         overrides += [f"{name}={val}" for name, val in fixed_params.items()]
         trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        if OmegaConf.select(self.config, "logger.wandb") is not None:  # lowbit's W&B logger: file the run by study
+            from lowbit.wandb_charts import sweep_run_overrides
+
+            params = {name: format_override_value(val) for name, val in trial.params.items()}
+            return (*overrides, *sweep_run_overrides(self.config, trial.study.study_name, trial.number, params))
         return tuple(overrides)
 
     def _job_result(self, ret: JobReturn) -> tuple[list[float] | None, BaseException | None]:
@@ -1261,3 +1266,8 @@ class LowbitOptunaSweeperImpl:
         out = Path(str(self.config.hydra.sweep.dir)) / RESULTS_FILE
         _atomic_save(OmegaConf.create(results), out)
         log.info(f"Wrote {out}")
+        if OmegaConf.select(self.config, "logger.wandb") is not None:  # lowbit's W&B logger: the study's own run
+            from lowbit.wandb_charts import SweepTrial, log_sweep_run
+
+            trials = [SweepTrial(t.number, dict(t.params), list(t.values)) for t in complete]
+            log_sweep_run(self.config, study.study_name, trials, self.directions)

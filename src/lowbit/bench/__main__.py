@@ -9,7 +9,8 @@ BENCHMARKS = {"qat_step": "lowbit.bench.qat_step", "distill_step": "lowbit.bench
               "export_size": "lowbit.bench.export_size", "hessian": "lowbit.bench.hessian",
               "sweep_throughput": "lowbit.bench.sweep_throughput",
               "ibert_inference": "lowbit.bench.ibert_inference",
-              "early_exit": "lowbit.bench.early_exit", "attention_span": "lowbit.bench.attention_span"}
+              "early_exit": "lowbit.bench.early_exit", "attention_span": "lowbit.bench.attention_span",
+              "length_grouping": "lowbit.bench.length_grouping"}
 
 
 def main(argv: list[str] | None = None) -> None:

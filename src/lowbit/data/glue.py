@@ -101,8 +101,11 @@ class GLUEDataModule(pl.LightningDataModule):
     def __init__(self, task: str, tokenizer=None, local_dir: str | None = None, max_length: int = 128,
                  batch_size: int = 32, eval_batch_size: int = 64, max_train_samples: int | None = None,
                  max_eval_samples: int | None = None, subset_seed: int = 0, num_workers: int = 0,
-                 cache_dir: str | None = None, metric: str | None = None):
-        """``metric``: the task's default ``optimized_metric`` (``conf/data/<task>.yaml``; ``val/<main metric>``)."""
+                 cache_dir: str | None = None, metric: str | None = None, group_by_length: bool = False,
+                 length_group_batches: int = 50):
+        """``metric``: the task's default ``optimized_metric`` (``conf/data/<task>.yaml``; ``val/<main metric>``).
+        ``group_by_length``: training batches of similar length (``ResumableRandomSampler``), drawn from
+        mega-batches of ``length_group_batches`` batches: less padding, the same examples per epoch."""
         super().__init__()
         check(isinstance(task, str), f"data.task must be a GLUE task name, got {task!r}")
         self.task: GlueTask = GLUE_TASKS.get(task)
@@ -116,6 +119,11 @@ class GLUEDataModule(pl.LightningDataModule):
         for option, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
             check(value is None or (isinstance(value, int) and value > 0),
                   f"data.{option} must be a positive integer or null, got {value!r}")
+        check(isinstance(group_by_length, bool), f"data.group_by_length must be true or false, got {group_by_length!r}")
+        check(isinstance(length_group_batches, int) and not isinstance(length_group_batches, bool)
+              and length_group_batches > 0,
+              f"data.length_group_batches must be a positive integer, got {length_group_batches!r}")
+        self.group_by_length, self.length_group_batches = group_by_length, length_group_batches
         for option, value in (("subset_seed", subset_seed), ("num_workers", num_workers)):
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                   f"data.{option} must be a non-negative integer, got {value!r}")
@@ -241,7 +249,8 @@ class GLUEDataModule(pl.LightningDataModule):
 
         # shuffled like shuffle=True, and resumable mid-epoch (lowbit.checkpointing.ResumeState)
         ds = self.splits[self.task.train_split]
-        self.train_sampler = train_sampler(self, len(ds), self.batch_size)
+        lengths = [len(ids) for ids in ds["input_ids"]] if self.group_by_length else None
+        self.train_sampler = train_sampler(self, len(ds), self.batch_size, lengths, self.length_group_batches)
         return self._loader(ds, self.batch_size, self.train_sampler)
 
     def val_dataloader(self) -> list[DataLoader]:

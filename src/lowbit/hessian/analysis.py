@@ -118,16 +118,15 @@ def log_wandb(blocks: dict[str, dict], out: Path, mode: str, name: str) -> None:
     if mode == "disabled":
         return
     import wandb  # seconds to import: only when it will be used
+
+    from lowbit.wandb_charts import hessian_charts
+
     columns = ["block", "kind", "layer", "numel", "mean", "std", "sensitivity", "summed", "negative"]
     rows = [[n, b["kind"], b["layer"], b["numel"], b["mean"], b["std"], b["sensitivity"], b["summed"], b["negative"]]
             for n, b in blocks.items()]
     run = wandb.init(project="lowbit", name=name, job_type="hessian", dir=str(out.parent), mode=mode)
     table = wandb.Table(columns=columns, data=rows)
-    layer_table = wandb.Table(columns=["block", "sensitivity"],
-                              data=[[r[0], r[6]] for r in rows if r[1] == "layer"] or [[r[0], r[6]] for r in rows])
-    run.log({"hessian/blocks": table,
-             "hessian/layer_sensitivity": wandb.plot.bar(layer_table, "block", "sensitivity",
-                                                         title="top Hessian eigenvalue (mean+std) per layer")})
+    run.log({"hessian/blocks": table, **hessian_charts(blocks)})
     print(f"W&B hessian run logged ({run.settings.mode}) under {out.parent}/wandb")
     run.finish()
 

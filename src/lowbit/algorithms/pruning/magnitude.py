@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -20,6 +19,7 @@ from lowbit.algorithms.pruning.mask import WeightMask
 from lowbit.errors import check
 from lowbit.methods import Method
 from lowbit.roles import EMBEDDING_ROLES, ENCODER_LINEAR_ROLES
+from lowbit.wandb_charts import SparsityCurve
 
 SCHEDULES = ("cubic", "oneshot")
 #: (layer, its mask) by module name
@@ -161,14 +161,16 @@ class MagnitudePruning(Method):
         return {**out, **sparsity_summary(self.encoder, self.embeddings, self.embedding_sparsity)}
 
 
-class GradualPruningCallback(pl.Callback):
-    """Before a training step: recompute the masks at the scheduled sparsity; log ``pruning/sparsity``.
+class GradualPruningCallback(SparsityCurve):
+    """Before a training step: recompute the masks at the scheduled sparsity; log ``pruning/sparsity`` (and,
+    to W&B, the sparsity per layer: ``SparsityCurve``).
 
     Masks change every ``update_every`` steps and at the last step (so the run ends at the final
     sparsity). Gradient-accumulation micro-batches of one step update once.
     """
 
     def __init__(self, method: MagnitudePruning):
+        super().__init__(lambda: {name: mask for name, (_, mask) in method.encoder.items()})
         self.method = method
         self._updated_at: int | None = None
         self._measured: tuple[float, float | None] | None = None
@@ -182,6 +184,7 @@ class GradualPruningCallback(pl.Callback):
         if self._measured is None:  # measured once per update (after a resume: from the checkpoint's masks)
             self._measured = m.measured_sparsity()
         log_sparsity(pl_module, *self._measured)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
 
 def sparsity_summary(encoder: MaskedLayers, embeddings: MaskedLayers, embedding_target: float | None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -48,6 +47,7 @@ from lowbit.algorithms.pruning.mask import ScoredMask, WeightMask
 from lowbit.errors import check
 from lowbit.methods import Method, ParamGroup
 from lowbit.roles import ENCODER_LINEAR_ROLES
+from lowbit.wandb_charts import SparsityCurve
 
 PENALTY_SCHEDULES = ("threshold", "constant")
 #: name of soft movement's loss term (logged as ``train/loss_scores_l1``)
@@ -251,17 +251,19 @@ class SoftMovementPruning(_ScoredPruning):
         return {**out, **super().summary()}
 
 
-class ScorePruningCallback(pl.Callback):
+class ScorePruningCallback(SparsityCurve):
     """Movement pruning's hooks in the main training stage.
 
     Before a training step: the masks of the current scores at the scheduled sparsity (or
     threshold) of ``trainer.global_step`` of ``trainer.estimated_stepping_batches`` (once per
     optimizer step: micro-batches of one step share it); logs ``pruning/sparsity`` (and
-    ``pruning/embedding_sparsity``; soft: ``pruning/threshold``, ``pruning/penalty_weight``).
-    When fit ends: the masks are baked. Baked masks (a baked checkpoint resumed) do not change.
+    ``pruning/embedding_sparsity``; soft: ``pruning/threshold``, ``pruning/penalty_weight``; to W&B, the sparsity
+    per layer: ``SparsityCurve``). When fit ends: the masks are baked. Baked masks (a baked checkpoint resumed) do
+    not change.
     """
 
     def __init__(self, method: _ScoredPruning):
+        super().__init__(lambda: {name: mask for name, (_, mask) in method.encoder.items()})
         self.method = method
         self._updated_at: int | None = None
         self._measured: tuple[float, float | None] | None = None
@@ -277,6 +279,7 @@ class ScorePruningCallback(pl.Callback):
         if isinstance(m, SoftMovementPruning):
             pl_module.log("pruning/threshold", m.current_threshold, on_step=True, on_epoch=False, batch_size=1)
             pl_module.log("pruning/penalty_weight", m.current_penalty, on_step=True, on_epoch=False, batch_size=1)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.method.bake(trainer.optimizers)

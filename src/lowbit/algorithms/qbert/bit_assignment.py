@@ -73,6 +73,7 @@ class HessianBits(LayerwiseBits):
     budget_kind: str = "average_bits"
     budget: float = 2.5
     layer_bits: list[int] = field(init=False, default_factory=list)
+    layer_sensitivity: list[float] = field(init=False, default_factory=list)  # what the layers were ranked by
 
     def validate(self) -> None:
         check(self.metric in METRICS, f"bit_assignment.metric must be one of {METRICS}, got {self.metric!r}")
@@ -87,10 +88,17 @@ class HessianBits(LayerwiseBits):
             sens, numel = [float(s) for s in self.sensitivities], [1] * len(self.sensitivities)
         else:
             sens, numel = load_layer_sensitivity(self.sensitivity_file, self.metric)
+        self.layer_sensitivity = sens
         self.layer_bits = assign_layer_bits(sens, numel, list(self.bit_choices), self.budget_kind, self.budget)
 
     def layer_assignment(self) -> list[int | None]:
         return list(self.layer_bits)
+
+    def callbacks(self) -> list:
+        from lowbit.wandb_charts import ChartsAtTrainStart, layer_bits_charts
+
+        return [ChartsAtTrainStart(lambda: layer_bits_charts(self.layer_bits, self.layer_sensitivity, self.metric,
+                                                             self.sensitivity_file))]
 
     def frozen_config(self, cfg: dict) -> dict:
         """A deployed model replays the assignment, not the Hessian file (which may be gone)."""
@@ -121,3 +129,8 @@ class PerLayerBits(LayerwiseBits):
 
     def layer_assignment(self) -> list[int | None]:
         return list(self.layer_bits)
+
+    def callbacks(self) -> list:
+        from lowbit.wandb_charts import ChartsAtTrainStart, layer_bits_charts
+
+        return [ChartsAtTrainStart(lambda: layer_bits_charts(self.layer_bits))]

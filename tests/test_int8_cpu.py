@@ -9,6 +9,8 @@ the engine cannot run is refused in one line before conversion.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -241,27 +243,23 @@ def test_activation_quantizer_static_scale():
     assert ActivationQuantizer(8, mode="dynamic").static_scale() is None
 
 
-def test_deploy_cli_on_a_run_checkpoint_gives_the_same_predictions(tmp_path, make_cfg):
-    """``python -m lowbit.deploy CKPT --backend int8_cpu`` on a run's checkpoint (rebuilt by the model builder):
-    every dev prediction of the integer engine equals the fake-quant model's."""
-    import json
-
+def _trained_ibert_run(make_cfg, tmp_path: Path, task: str) -> Path:
+    """A tiny I-BERT run of ``task`` after 3 QAT steps, saved as train.py leaves it; its best.ckpt."""
     import pytorch_lightning as pl
     import yaml
 
     from lowbit.builder import build_model
     from lowbit.data.tasks import GLUE_TASKS
-    from lowbit.deploy.__main__ import main
     from lowbit.methods import all_param_groups
     from lowbit.module import CompressionModule
     from lowbit.optim import build_optim
 
-    cfg = make_cfg(["+experiment=ibert_sst2", "model=tiny", "finetune.epochs=0", "logger=none"])
+    cfg = make_cfg([f"+experiment=ibert_{task}", "model=tiny", "finetune.epochs=0", "logger=none"])
     torch.manual_seed(0)
-    built = build_model(cfg, num_labels=2)
+    built = build_model(cfg)
     ids = torch.randint(1000, 5000, (3, 16))
     _train_steps(built.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, steps=3)
-    module = CompressionModule(built.model, GLUE_TASKS.get("sst2"), built.methods, build_optim(cfg.optim),
+    module = CompressionModule(built.model, GLUE_TASKS.get(task), built.methods, build_optim(cfg.optim),
                                all_param_groups(built.methods, built.model))
     run_dir = tmp_path / "run"
     ckpt = run_dir / "checkpoints" / "best.ckpt"
@@ -270,11 +268,41 @@ def test_deploy_cli_on_a_run_checkpoint_gives_the_same_predictions(tmp_path, mak
                 "pytorch-lightning_version": pl.__version__}, ckpt)
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True)))
+    return ckpt
+
+
+def test_deploy_cli_on_a_run_checkpoint_gives_the_same_predictions(tmp_path, make_cfg):
+    """``python -m lowbit.deploy CKPT --backend int8_cpu`` on a run's checkpoint (rebuilt by the model builder):
+    every dev prediction of the integer engine equals the fake-quant model's."""
+    import json
+
+    from lowbit.deploy.__main__ import main
+
+    ckpt = _trained_ibert_run(make_cfg, tmp_path, "sst2")
     result = main([str(ckpt), "--backend", "int8_cpu", "--max-eval-samples", "48", "--out", str(tmp_path / "d.json")])
     assert result["examples"] == 48 and result["predictions_equal"] == 48
     assert json.loads((tmp_path / "d.json").read_text())["accuracy_deployed"] == result["accuracy_fake"]
     with pytest.raises(SystemExit, match="--backend: unknown deploy backend 'tpu'"):
         main([str(ckpt), "--backend", "tpu"])
+
+
+def test_deploy_reports_a_regression_task_by_its_own_metrics(make_cfg, tmp_path):
+    """STS-B (one regression output): Pearson / Spearman of both models, from the logits it saves, by scipy's
+    definitions; every deployed score equals the fake-quant model's."""
+    from scipy.stats import pearsonr, spearmanr
+
+    from lowbit.deploy.__main__ import main
+
+    ckpt = _trained_ibert_run(make_cfg, tmp_path, "stsb")
+    result = main([str(ckpt), "--backend", "int8_cpu", "--max-eval-samples", "40",
+                   "--predictions", str(tmp_path / "p.pt")])
+    saved = torch.load(tmp_path / "p.pt", weights_only=True)
+    fake, deployed, labels = saved["logits_fake"], saved["logits_deployed"], saved["labels"]
+    assert fake.shape == deployed.shape == (40, 1) and labels.shape == (40,)
+    assert result["examples"] == 40 and result["predictions_equal"] == 40 and "accuracy_fake" not in result
+    for key, scores in (("metrics_fake", fake), ("metrics_deployed", deployed)):
+        assert result[key]["pearson"] == pytest.approx(pearsonr(scores[:, 0], labels).statistic, abs=1e-5)
+        assert result[key]["spearman"] == pytest.approx(spearmanr(scores[:, 0], labels).statistic, abs=1e-5)
 
 
 def test_untrained_model_is_refused():

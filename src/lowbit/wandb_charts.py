@@ -15,65 +15,23 @@ logged with them, offline runs included once synced; W&B cannot take a new Vega 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytorch_lightning import Callback
 
+from lowbit.pareto import Point, dominates, pareto_front  # noqa: F401 - dominates, Point: re-exported
+
 if TYPE_CHECKING:
     from lowbit.tables import TableSpec
 
-#: (accuracy: higher is better, size: lower is better); None where a row has no value
-Point = tuple[float | None, float | None]
-
 #: the table column of our model's size (``tables._table_row``) and the paper's column of its size
 SIZE_COLUMN = "size MB"
-#: a paper column that reports one of our metrics besides the metric's own name: the task columns of the papers'
-#: tables (MRPC is F1 there, STS-B Pearson, CoLA Matthews correlation), Q-BERT's ``acc`` / ``acc_mm``
-PAPER_KEYS: dict[str, tuple[str, ...]] = {
-    "val/acc": ("acc", "SST-2", "MNLI-m"),
-    "val_mm/acc": ("acc_mm", "MNLI-mm"),
-    "val/f1": ("MRPC",),
-    "val/pearson": ("STS-B",),
-    "val/mcc": ("CoLA",),
-}
 
 
-# -- Pareto front ------------------------------------------------------------------------------
-def _complete(point: Point) -> bool:
-    return all(v is not None and math.isfinite(v) for v in point)
-
-
-def dominates(a: Point, b: Point) -> bool:
-    """``a`` is at least as accurate and at most as large as ``b``, and strictly better in one of the two."""
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
-
-
-def pareto_front(points: Sequence[Point]) -> list[int]:
-    """Indices (ascending) of the points on the Pareto front: no other point has ≥ accuracy and ≤ size with one
-    of them strict. A point missing a coordinate (None, NaN) is not on the front and dominates nothing; equal
-    points do not dominate each other (both are on the front or neither).
-
-    One pass over the points by size: at one size only the most accurate points can be on the front, and they
-    are iff they beat every smaller point's accuracy."""
-    valid = sorted((i for i, p in enumerate(points) if _complete(p)), key=lambda i: points[i][1])
-    front: list[int] = []
-    best_smaller = -math.inf  # best accuracy of the points smaller than the current size
-    for _, same_size in groupby(valid, key=lambda i: points[i][1]):
-        same_size = list(same_size)
-        best = max(points[i][0] for i in same_size)
-        if best > best_smaller:
-            front += [i for i in same_size if points[i][0] == best]
-        best_smaller = max(best_smaller, best)
-    return sorted(front)
-
-
-# -- tables --------------------------------------------------------------------------------------
 def chart_field(name: str) -> str:
     """A chart column name Vega reads as one field (a dot would be a nested field)."""
     return name.replace(".", "_")
@@ -84,19 +42,16 @@ def _number(value: Any) -> float | None:
 
 
 def paper_value(spec: TableSpec, row: Mapping[str, Any], metric: str) -> float | None:
-    """The paper's value of ``metric`` on a result row, in the table's units, or None.
+    """The paper's value of ``metric`` in ``row``, in the table's units, by the dashboard's pairing rule
+    (``lowbit.report.compare``: the metric's own name — a fraction, shown as a percentage when the table shows the
+    metric so —, its short name or the paper's task column; exactly one of them given in the row)."""
+    from lowbit.report.compare import Comparison, comparisons
+    from lowbit.report.compare import paper_value as paired
 
-    A paper column named after the metric itself holds the value as the run reports it (a fraction): shown as a
-    percentage like ours when the table shows the metric so. The task columns (``PAPER_KEYS``) are as the paper
-    prints them, already in the table's units."""
-    own = _number(row.get(f"paper {metric}"))
-    if own is not None:
-        return round(100 * own, 4) if spec.shows_percent(metric) else own
-    for key in PAPER_KEYS.get(metric, ()):
-        value = _number(row.get(f"paper {key}"))
-        if value is not None:
-            return value
-    return None
+    column = SIZE_COLUMN if metric == SIZE_COLUMN else f"ours {metric}"
+    found = [c for c in comparisons([column, *row], spec.shows_percent) if c.ours_column == column]
+    comparison: Comparison | None = found[0] if found else None
+    return None if comparison is None else _number(paired(dict(row), comparison)[1])
 
 
 def _delta(ours: Any, paper: float | None) -> float | None:
@@ -106,13 +61,13 @@ def _delta(ours: Any, paper: float | None) -> float | None:
 
 def with_deltas(spec: TableSpec, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The result rows with a ``Δ <metric>`` column (ours − paper, in the table's units) for each metric the paper
-    reports on some row, and ``Δ size MB`` where the paper gives a size; None where either side is missing."""
+    reports on some row, and ``Δ size MB`` where the paper gives a size; None where either side is missing. The
+    pairing is the dashboard's (``paper_value``), so W&B and ``python -m lowbit.report`` show the same Δ."""
     columns: dict[str, Callable[[Mapping[str, Any]], float | None]] = {}
-    for metric in spec.metrics:
+    for metric in [*spec.metrics, SIZE_COLUMN]:
+        ours = SIZE_COLUMN if metric == SIZE_COLUMN else f"ours {metric}"
         if any(paper_value(spec, r, metric) is not None for r in results):
-            columns[f"Δ {metric}"] = lambda r, m=metric: _delta(r.get(f"ours {m}"), paper_value(spec, r, m))
-    if any(_number(r.get(f"paper {SIZE_COLUMN}")) is not None for r in results):
-        columns[f"Δ {SIZE_COLUMN}"] = lambda r: _delta(r.get(SIZE_COLUMN), _number(r.get(f"paper {SIZE_COLUMN}")))
+            columns[f"Δ {metric}"] = lambda r, m=metric, o=ours: _delta(r.get(o), paper_value(spec, r, m))
     return [{**r, **{name: delta(r) for name, delta in columns.items()}} for r in results]
 
 

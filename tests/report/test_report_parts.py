@@ -1,4 +1,4 @@
-"""The report's parts without a browser: ours-vs-paper pairing and Δ, the Pareto front, and the committed results
+"""The report's parts without a browser: ours-vs-paper pairing and Δ, and the committed results
 under experiments/ (the browser tests and the tiny logs are test_report.py's)."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from conftest import ROOT
 
 from lowbit.report import build_report, compare
 from lowbit.report.discover import is_table_csv
-from lowbit.report.plots import pareto_front
 
 
 def test_each_row_pairs_our_metric_with_the_one_paper_column_it_has():
@@ -42,13 +41,6 @@ def test_delta_colour_is_green_when_ours_is_better():
     assert compare.delta_class(-10.0, size) == "delta-good" and compare.delta_class(3.0, size) == "delta-bad"
     assert compare.delta_class(-0.001, l2) == "delta-good"  # an approximation error: smaller is better
     assert compare.delta_class(0.0, acc) == "delta-zero" and compare.delta_class(None, acc) == ""
-
-
-def test_pareto_front_keeps_the_non_dominated_points():
-    #          size, acc:  dominated by (10, 80) / on the front
-    points = [(90.0, 78.0), (10.0, 80.0), (20.0, 79.0), (5.0, 50.0), (10.0, 70.0), (95.0, 81.0)]
-    assert pareto_front(points, maximize=[False, True]) == [3, 1, 5]
-    assert pareto_front([], maximize=[False, True]) == []
 
 
 def test_committed_results_each_get_a_page(tmp_path):

@@ -40,16 +40,23 @@ def dev_loader(cfg, max_eval_samples: int | None = None):
 
 
 def evaluate_deployed(ckpt: Path, backend: str = "int8_cpu", config: Path | None = None,
-                      max_eval_samples: int | None = None, batch_size: int = 32) -> dict:
+                      max_eval_samples: int | None = None, batch_size: int = 32,
+                      predictions_file: Path | None = None) -> dict:
+    """Both models over the dev split: the task's own metrics of each (accuracy; F1, MCC; Pearson / Spearman for
+    STS-B), how many predictions agree (classification: the same class; regression: the same value), the largest
+    logit difference. ``predictions_file``: both models' logits and the labels, as ``torch.save`` of tensors."""
+    from lowbit.data import GLUE_TASKS, compute_metrics
+    from lowbit.data.metrics import predictions
     from lowbit.deploy import deploy
     from lowbit.export.__main__ import load_run_checkpoint
 
     model, methods, cfg = load_run_checkpoint(ckpt, config)
     model.eval()
     engine = deploy(model, methods, backend)
+    task = GLUE_TASKS.get(cfg.data.task)
     loader = dev_loader(cfg, max_eval_samples)
-    n = agree = correct_fake = correct_engine = 0
-    max_diff, t_fake, t_engine = 0.0, 0.0, 0.0
+    fakes, deployeds, labels = [], [], []
+    t_fake, t_engine = 0.0, 0.0
     with torch.no_grad():
         for batch in loader:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
@@ -59,16 +66,24 @@ def evaluate_deployed(ckpt: Path, backend: str = "int8_cpu", config: Path | None
             deployed = engine(**inputs) if backend != "fake" else engine(**inputs).logits
             t2 = time.perf_counter()
             t_fake, t_engine = t_fake + t1 - t0, t_engine + t2 - t1
-            labels = batch["labels"]
-            n += len(labels)
-            if fake.shape[-1] > 1:
-                agree += int((fake.argmax(-1) == deployed.argmax(-1)).sum())
-                correct_fake += int((fake.argmax(-1) == labels).sum())
-                correct_engine += int((deployed.argmax(-1) == labels).sum())
-            max_diff = max(max_diff, float((fake - deployed).abs().max()))
-    return {"checkpoint": str(ckpt), "backend": backend, "task": cfg.data.task, "examples": n,
-            "predictions_equal": agree, "accuracy_fake": correct_fake / n, "accuracy_deployed": correct_engine / n,
-            "max_abs_logit_diff": max_diff, "seconds_fake_eager": t_fake, "seconds_deployed": t_engine}
+            fakes.append(fake.float())
+            deployeds.append(deployed.float())
+            labels.append(batch["labels"])
+    fake, deployed, label = torch.cat(fakes), torch.cat(deployeds), torch.cat(labels)
+    pred_fake, pred_deployed = predictions(fake, task.is_regression), predictions(deployed, task.is_regression)
+    metrics_fake = compute_metrics(task.metrics, pred_fake, label)
+    metrics_deployed = compute_metrics(task.metrics, pred_deployed, label)
+    if predictions_file is not None:
+        predictions_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"logits_fake": fake, "logits_deployed": deployed, "labels": label}, predictions_file)
+    result = {"checkpoint": str(ckpt), "backend": backend, "task": cfg.data.task, "examples": len(label),
+              "predictions_equal": int((pred_fake == pred_deployed).sum()),
+              "metrics_fake": metrics_fake, "metrics_deployed": metrics_deployed,
+              "max_abs_logit_diff": float((fake - deployed).abs().max()) if len(label) else 0.0,
+              "seconds_fake_eager": t_fake, "seconds_deployed": t_engine}
+    if "acc" in task.metrics:  # the keys earlier results were written with
+        result.update(accuracy_fake=metrics_fake["acc"], accuracy_deployed=metrics_deployed["acc"])
+    return result
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="the run's config (default: <run>/.hydra/config.yaml)")
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--predictions", type=Path, default=None,
+                   help="save both models' dev logits and the labels here (torch.save), for analysis")
     return p
 
 
@@ -90,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     except LowbitConfigError as e:
         raise SystemExit(f"lowbit: error: --backend: {e}") from None
     try:
-        result = evaluate_deployed(a.ckpt, a.backend, a.config, a.max_eval_samples)
+        result = evaluate_deployed(a.ckpt, a.backend, a.config, a.max_eval_samples,
+                                   predictions_file=a.predictions)
     except LowbitConfigError as e:
         raise SystemExit(f"lowbit: error: {e}") from None
     print(json.dumps(result, indent=1))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lowbit.pareto import pareto_front
+
 Figure = dict[str, Any]
 
 #: colours of the report (plotly's default cycle), and of the paper's points
@@ -20,18 +22,6 @@ def _layout(title: str, x: str, y: str, **extra: Any) -> dict[str, Any]:
             "margin": {"l": 60, "r": 20, "t": 50, "b": 95}, "hovermode": "closest",
             "legend": {"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},
             **extra}
-
-
-def pareto_front(points: Sequence[tuple[float, float]], maximize: Sequence[bool]) -> list[int]:
-    """Indices of the non-dominated points (each coordinate maximised or minimised), sorted by x."""
-    sign = [1 if m else -1 for m in maximize]
-
-    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-        ge = all(s * u >= s * v for s, u, v in zip(sign, a, b))
-        return ge and any(s * u > s * v for s, u, v in zip(sign, a, b))
-
-    front = [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
-    return sorted(front, key=lambda i: points[i])
 
 
 def accuracy_vs_size(points: Sequence[dict[str, Any]], metric: str, title: str,
@@ -51,7 +41,7 @@ def accuracy_vs_size(points: Sequence[dict[str, Any]], metric: str, title: str,
             "y": [p["value"] for p in members], "text": [p["label"] for p in members],
             "customdata": [p.get("url") for p in members], "marker": {"size": 10, "color": colour},
             "hovertemplate": "%{text}<br>%{x:.3f} MB<br>" + metric + " %{y}<extra></extra>"})
-        front = pareto_front([(p["size"], p["value"]) for p in members], maximize=[False, True])
+        front = sorted(pareto_front([(p["value"], p["size"]) for p in members]), key=lambda j: members[j]["size"])
         if front:  # only the front is labelled: the other points' names are in their hover text
             data.append({"type": "scatter", "mode": "lines+text", "name": f"Pareto front{suffix or ' (ours)'}",
                          "line": {"color": colour if suffix else FRONT_COLOUR, "dash": "dot", "shape": "hv"},

@@ -1,44 +1,31 @@
 """What an offline W&B run wrote, read from its ``.wandb`` file (no W&B server, no ``wandb sync``).
 
-W&B's log is a 7-byte header, then LevelDB-style 32 KiB blocks of [crc32 (4), length (2), type (1), payload];
-records are ``wandb_internal`` protobufs, split over blocks (type 1 full, 2 first, 3 middle, 4 last).
+Records are ``wandb_internal`` protobufs in W&B's LevelDB-style blocks, read by ``lowbit.report.curves``.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BLOCK = 32768
-HEADER = 7
-
 
 def records(path: Path) -> list:
-    """Every ``wandb_internal_pb2.Record`` of ``path``, in order."""
+    """Every ``wandb_internal_pb2.Record`` of ``path``, in order (the block format is read by the dashboard's
+    ``lowbit.report.curves.wandb_records``: one reader of W&B's files)."""
     from wandb.proto import wandb_internal_pb2 as pb
+
+    from lowbit.report.curves import wandb_records
 
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B"[:len(data)], f"{path} is not a W&B run log"
-    out, pos, pending = [], HEADER, b""
-    while pos + HEADER <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < HEADER:  # a block's tail too short for a header is padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        if pos + HEADER + length > len(data):  # a record still being written
-            break
-        pending += data[pos + HEADER:pos + HEADER + length]
-        pos += HEADER + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            out.append(record)
+    out = []
+    for payload in wandb_records(path):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        out.append(record)
     return out
 
 

@@ -43,6 +43,8 @@ def wandb_records(path: Path) -> Iterator[bytes]:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written (a live run): dropped
+            return
         payload = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:

@@ -112,12 +112,15 @@ class ResumeState(pl.Callback):
     loader iterator draws from the global RNG (its worker base seed). Saved mid-epoch, the uninterrupted
     run had already made that draw, so the states are restored at ``on_train_start``, after the resumed
     run's loader exists; saved at an epoch end, the next draw *is* the new epoch's iterator (and its
-    shuffle seed), so they are restored at once, before the loader is built.
+    shuffle seed), so they are restored at once, before the loader is built. Unless that epoch was the
+    last: then the uninterrupted run drew nothing more before ``fit`` returned, while the resumed run's
+    setup built a loader anyway, so the states are put back once more when ``fit`` ends without a step.
     """
 
     def __init__(self, datamodule):
         self.datamodule = datamodule
         self._pending_rng: dict[str, Any] | None = None
+        self._epoch_end_rng: dict[str, Any] | None = None  # restored at fit end if no step trains after it
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
@@ -134,6 +137,7 @@ class ResumeState(pl.Callback):
             return
         if state["epoch_complete"]:
             set_rng_states(state["rng"])
+            self._epoch_end_rng = state["rng"]
             return
         self._pending_rng = state["rng"]
         # the same permutation, from the first sample not yet trained on. Under DDP Lightning shards the
@@ -146,6 +150,14 @@ class ResumeState(pl.Callback):
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
             self._pending_rng = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._epoch_end_rng = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._epoch_end_rng is not None:  # resumed after the last epoch: what follows draws as it would have
+            set_rng_states(self._epoch_end_rng)
+            self._epoch_end_rng = None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:

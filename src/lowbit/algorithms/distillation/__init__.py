@@ -78,7 +78,6 @@ class Distillation(Method):
         self.teacher_spec = _teacher_spec(teacher)
         self.teacher: nn.Module | None = None
         self._student_scores, self._teacher_scores = ScoreCapture(only_with_grad=True), ScoreCapture(False)
-        self.last_terms: set[str] = set()
 
     def check_ready(self, run) -> None:
         if run.purpose != "train":
@@ -156,7 +155,6 @@ class Distillation(Method):
         if self.attention_weight > 0:
             check(len(s_scores) == len(t_scores) > 0, "attention distillation captured no scores")
             losses["attn"] = self.attention_weight * attention_score_mse(s_scores, t_scores, s_masks)
-        self.last_terms = set(losses)
         return losses
 
     def convert(self, model: nn.Module, backend: str) -> nn.Module:
@@ -165,7 +163,10 @@ class Distillation(Method):
 
     def summary(self) -> dict[str, Any]:
         frozen = self.teacher is not None and not any(p.requires_grad for p in self.teacher.parameters())
-        return {"loss_terms": ",".join(sorted(self.last_terms)), "teacher_frozen": frozen,
+        # the configured terms, not the last step's: a run resumed after its last step reports the same
+        terms = [name for name, weight in (("attn", self.attention_weight), ("hidden", self.hidden_weight),
+                                           ("logits", self.logits_weight)) if weight > 0]
+        return {"loss_terms": ",".join(terms), "teacher_frozen": frozen,
                 "teacher": "student copy" if self.teacher_spec is None else self.teacher_spec.name}
 
 

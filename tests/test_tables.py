@@ -11,7 +11,7 @@ from wandb_records import run_record
 
 from lowbit.errors import LowbitConfigError
 from lowbit.module import CompressionModule
-from lowbit.tables import TableRow, TableSpec, run_table
+from lowbit.tables import TableRow, TableSpec, main, run_table, select_rows
 
 BASE = [o for o in TINY_RUN if not o.startswith("logger=")] + ["logger=none"]
 
@@ -49,6 +49,30 @@ def test_table_runs_rows_writes_outputs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(CompressionModule, "training_step", lambda *a: calls.append(1))
     run_table(_spec(), [], out, wandb_mode="disabled")
     assert calls == []
+
+
+def test_rows_option_runs_the_matching_rows_and_the_rows_they_refer_to(tmp_path, monkeypatch):
+    spec = TableSpec(name="sel", title="sel", metrics=["val/acc"], base_overrides=BASE,
+                     rows=[TableRow("a_base", ["quantizer=none"]), TableRow("a_kd", ["tags=[{row:a_base}]"]),
+                           TableRow("b_base", ["quantizer=none"]), TableRow("b_w2", ["tags=[{row:b_base}]"])])
+    assert select_rows(spec, None) == {"a_base", "a_kd", "b_base", "b_w2"}
+    assert select_rows(spec, ["a_*"]) == {"a_base", "a_kd"}
+    assert select_rows(spec, ["b_w2"]) == {"b_base", "b_w2"}  # its reference comes along
+    with pytest.raises(LowbitConfigError, match=r"--rows 'c_\*' matches no row of table sel; rows: \['a_base'"):
+        select_rows(spec, ["c_*"])
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "table"
+    assert [r["row"] for r in run_table(spec, [], out, wandb_mode="disabled", rows=["b_base"])] == ["b_base"]
+    assert not (out / "a_base").exists()
+    # a later selection: the table holds every row done so far, in the spec's order; b_base is not rerun
+    b_done = (out / "b_base" / "summary.json").stat().st_mtime_ns
+    monkeypatch.setattr("lowbit.tables.TableSpec.load", classmethod(lambda cls, name: spec))
+    with pytest.raises(SystemExit, match="--rows 'zzz' matches no row"):
+        main(["sel", "--out", str(out), "--rows", "zzz", "--wandb-mode", "disabled"])
+    results = main(["sel", "--out", str(out), "--rows", "a_base", "--wandb-mode", "disabled"])
+    assert [r["row"] for r in results] == ["a_base", "b_base"]
+    assert [r["row"] for r in csv.DictReader((out / "sel.csv").open())] == ["a_base", "b_base"]
+    assert (out / "b_base" / "summary.json").stat().st_mtime_ns == b_done
 
 
 def test_row_reference_to_a_later_row_is_an_error(tmp_path):

@@ -7,6 +7,9 @@ order; an override may name an earlier row's output directory as ``{row:ROW_NAME
 interrupted table resumes. The result is written as CSV and markdown next to the rows and
 logged to W&B as a ``wandb.Table`` (offline without an API key).
 
+``--rows sst2_*`` runs only the rows matching the glob(s) (and the earlier rows they refer to); the table
+written then holds every row done so far, in the spec's order.
+
 ``--dry-run`` composes every row's config and instantiates it (``lowbit.pipeline.dry_run``)
 without training or writing anything; a row whose config reads a file that only an earlier row
 produces (its checkpoint, a Hessian JSON of it) has those groups composed but not instantiated.
@@ -220,7 +223,32 @@ def check_same_config(row_dir: Path, fingerprint: dict[str, Any]) -> None:
                       f"overrides")
 
 
-def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path) -> None:
+def select_rows(spec: TableSpec, patterns: list[str] | None) -> set[str]:
+    """The rows ``--rows`` names (globs on row names), with every earlier row they refer to (``{row:NAME}``,
+    transitively): all rows without patterns. A pattern matching no row is an error naming the known rows."""
+    import fnmatch
+
+    names = [r.name for r in spec.rows]
+    if not patterns:
+        return set(names)
+    chosen = set()
+    for pattern in patterns:
+        matched = fnmatch.filter(names, pattern)
+        check(matched, f"--rows {pattern!r} matches no row of table {spec.name}; rows: {names}")
+        chosen.update(matched)
+    by_name = {r.name: r for r in spec.rows}
+    todo = list(chosen)
+    while todo:
+        row = by_name[todo.pop()]
+        for override in [*row.base(spec.base_overrides), *row.overrides]:
+            for m in _ROW_REF.finditer(override):
+                if m.group(1) not in chosen:
+                    chosen.add(m.group(1))
+                    todo.append(m.group(1))
+    return chosen
+
+
+def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path, selected: set[str]) -> None:
     """Compose every row and check its config (``lowbit.validate``), as ``run_table`` will run it, so a bad
     override (``data.bogus=1``) or metric fails in seconds, before the first row trains; a row already run in
     ``out_dir`` with a different config (another model, another budget) is refused, not reused."""
@@ -231,6 +259,8 @@ def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
 
     planned = {r.name: out_dir / r.name for r in spec.rows}  # {row:NAME} as the run resolves it
     for row in spec.rows:
+        if row.name not in selected:
+            continue
         try:
             cfg = compose_train(_row_overrides(spec, row, extra_overrides, planned), out_dir / row.name)
             check_same_config(out_dir / row.name, row_fingerprint(cfg))
@@ -243,20 +273,30 @@ def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
             raise LowbitConfigError(f"table {spec.name}: row {row.name}: {e}") from None
 
 
-def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto") -> list[dict]:
+def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_mode: str = "auto",
+              rows: list[str] | None = None) -> list[dict]:
+    """Run the rows not done yet (only those ``rows`` selects, see ``select_rows``), then write and log the
+    table of every row done."""
     from lowbit.pipeline import run
 
     check_spec(spec)
     if spec.compute is not None:
+        check(not rows, f"table {spec.name} is computed, not trained: --rows does not apply")
         return run_computed_table(spec, extra_overrides, out_dir, wandb_mode)
     _check_drop_base(spec)
-    _compose_rows(spec, extra_overrides, out_dir)
+    selected = select_rows(spec, rows)
+    _compose_rows(spec, extra_overrides, out_dir, selected)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Path] = {}
     results = []
     for row in spec.rows:
         row_dir = out_dir / row.name
         summary_file = row_dir / "summary.json"
+        if row.name not in selected:
+            if summary_file.exists():  # done by an earlier run: in the table, not rerun
+                done[row.name] = row_dir
+                results.append(_table_row(spec, row, json.loads(summary_file.read_text())))
+            continue
         if not summary_file.exists():
             overrides = _row_overrides(spec, row, extra_overrides, done)
             print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")
@@ -316,7 +356,7 @@ def _deferred_groups(cfg, refs: dict[str, Path]) -> dict[str, str]:
     return deferred
 
 
-def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) -> list[dict]:
+def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, rows: list[str] | None = None) -> list[dict]:
     """Compose and instantiate every row's config as ``run_table`` would run it; nothing is trained or written.
 
     Rows already done (``summary.json``) are skipped, as ``run_table`` skips them. Raises one
@@ -336,11 +376,15 @@ def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
               f"table {spec.name}: compute={spec.compute!r} is not a function")
         return [{"row": r.name, "status": "computed"} for r in spec.rows]
     _check_drop_base(spec)
+    selected = select_rows(spec, rows)
     done: dict[str, Path] = {}
     results, failures = [], []
     for row in spec.rows:
         row_dir = out_dir / row.name
         result: dict[str, Any] = {"row": row.name}
+        if row.name not in selected:
+            done[row.name] = row_dir
+            continue
         if (row_dir / "summary.json").exists():
             result["status"] = "done (skipped, as a real run would)"
         else:
@@ -370,9 +414,9 @@ def dry_run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path) ->
             for key, reason in s["deferred"].items():
                 line += f"\n    {key}: not instantiated: {reason}"
         print(line)
-    check(not failures, f"table {spec.name}: {len(failures)} of {len(spec.rows)} row(s) fail the dry run: "
+    check(not failures, f"table {spec.name}: {len(failures)} of {len(results)} row(s) fail the dry run: "
                         + "; ".join(failures))
-    print(f"[{spec.name}] dry run OK: {len(spec.rows)} rows compose (nothing trained or written)")
+    print(f"[{spec.name}] dry run OK: {len(results)} rows compose (nothing trained or written)")
     return results
 
 
@@ -437,6 +481,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row (e.g. data.max_train_samples=4000)")
     p.add_argument("--out", default=None, help="output dir (default logs/tables/<name>); reruns resume there")
     p.add_argument("--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"])
+    p.add_argument("--rows", action="append", metavar="GLOB",
+                   help="run only the rows matching GLOB (repeatable; e.g. 'sst2_*') and the rows they refer to")
     p.add_argument("--dry-run", action="store_true",
                    help="compose and instantiate every row's config without training or writing anything")
     a = p.parse_intermixed_args(argv)  # overrides may come after --out
@@ -446,8 +492,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         spec = TableSpec.load(a.table)
         if a.dry_run:
-            return dry_run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table))
-        return run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.wandb_mode)
+            return dry_run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.rows)
+        return run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.wandb_mode, a.rows)
     except LowbitConfigError as e:
         raise SystemExit(f"lowbit: error: {e}") from None
     except (HydraException, OmegaConfBaseException) as e:  # a bad override met while a row composes

@@ -104,16 +104,21 @@ def _resume_and_compare(run_dir: Path, tmp_path: Path, uninterrupted, where: str
     assert not different, f"killed {where}: {len(different)} tensors differ, e.g. {different[:3]}"
 
 
-@pytest.mark.parametrize(("saves", "where"), [(1, "after the fine-tune stage's last epoch"),
-                                              (2, "after the main stage's first epoch"),
-                                              (4, "after the main stage's last epoch")])
-def test_kill_right_after_an_epoch_end_checkpoint_and_resume_is_exact(tmp_path, uninterrupted, saves, where):
-    """The epoch-end checkpoint is written after the epoch's validation: the next RNG draw is the next epoch's
-    loader, or, after a stage's last epoch, whatever follows ``fit`` (the next stage's dropout)."""
+@pytest.mark.parametrize(("kind", "n", "where"), [
+    ("epoch_end", 1, "after the fine-tune stage's last epoch"),
+    ("epoch_end", 2, "after the main stage's first epoch"),
+    ("epoch_end", 4, "after the main stage's last epoch"),
+    ("batch_end", 6, "after the fine-tune stage's last step, before its validation"),
+    ("batch_end", 12, "after the main stage's first epoch's last step, before its validation"),
+    ("batch_end", 24, "after the main stage's last step, before its validation")])
+def test_kill_right_after_an_epoch_boundary_checkpoint_and_resume_is_exact(tmp_path, uninterrupted, kind, n, where):
+    """At an epoch's end two checkpoints are written: after its last step, then after its validation. What the
+    next RNG draw must be differs: the validation's loader, the next epoch's loader, or, after a stage's last
+    epoch, whatever follows ``fit`` (the next stage's dropout)."""
     run_dir = tmp_path / "run"
-    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_after_epoch_end.py"), str(saves),
-                             *_cmd(run_dir, tmp_path)[2:]], check=False, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                            timeout=600)
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_after_save.py"), kind, str(n),
+                             *_cmd(run_dir, tmp_path)[2:]], check=False, cwd=ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=600)
     assert killed.returncode == 9, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert not (run_dir / "summary.json").exists()
     _resume_and_compare(run_dir, tmp_path, uninterrupted, where)

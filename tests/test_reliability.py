@@ -67,7 +67,9 @@ def test_last_checkpoint_every_n_steps_and_at_epoch_end(make_cfg, monkeypatch):
     monkeypatch.setattr(LastCheckpoint, "save", lambda self, trainer: saved.append(trainer.global_step))
     train(make_cfg([*STEPS, "trainer.max_steps=7", "data.max_train_samples=48", "data.batch_size=8",
                     "callbacks.last_checkpoint.every_n_train_steps=3"]))
-    assert saved == [3, 6, 6, 7]  # every 3 steps, the end of epoch 1 (6 batches), and where max_steps ends epoch 2
+    # every 3 steps but not after an epoch's last step (6: the epoch-end save follows its validation), the end of
+    # epoch 1 (6 batches), and where max_steps ends epoch 2
+    assert saved == [3, 6, 7]
 
 
 # ---- faults ------------------------------------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def atomic_save(trainer: pl.Trainer, path: Path) -> None:
 
 
 class LastCheckpoint(pl.Callback):
-    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps (0: never mid-epoch), at every epoch
-    end and when training ends, atomically."""
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps (0: never mid-epoch; never after an
+    epoch's last step), at every epoch end (after its validation) and when training ends, atomically."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 50):
         check(isinstance(every_n_train_steps, int) and not isinstance(every_n_train_steps, bool)
@@ -74,7 +74,11 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0 and not trainer.sanity_checking:
+        # not after an epoch's last batch: the epoch-end save follows its validation, and a resume from a
+        # checkpoint between the two would skip that validation (Lightning counts the epoch as done), its best
+        # checkpoint and its RNG draws; from the previous checkpoint the last step replays exactly
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+        if n and trainer.global_step % n == 0 and not trainer.sanity_checking and not last_of_epoch:
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

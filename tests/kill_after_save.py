@@ -1,0 +1,35 @@
+"""Runs ``train.py`` with the given arguments and exits the process abruptly (``os._exit``, as a SIGKILL
+would: no cleanup, no final checkpoint) right after the N-th call of a ``LastCheckpoint`` hook, counting
+every stage in order: ``epoch_end`` (the epoch-end checkpoint, written after the epoch's validation) or
+``batch_end`` (after a training step, whether or not it wrote a checkpoint; after an epoch's last step that
+is before the epoch's validation). Used by test_exact_resume.py: a poll of the checkpoint file cannot stop a
+run at those exact points.
+
+    python tests/kill_after_save.py {epoch_end,batch_end} N train.py-overrides...
+"""
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+from lowbit import checkpointing
+
+kind, after = sys.argv[1], int(sys.argv[2])
+name = {"epoch_end": "on_train_epoch_end", "batch_end": "on_train_batch_end"}[kind]
+hook = getattr(checkpointing.LastCheckpoint, name)
+calls = 0
+
+
+def counted(self, *args):
+    global calls
+    hook(self, *args)
+    calls += 1
+    if calls == after:
+        os._exit(9)
+
+
+setattr(checkpointing.LastCheckpoint, name, counted)
+train_py = Path(__file__).resolve().parents[1] / "train.py"
+sys.argv = [str(train_py), *sys.argv[3:]]
+runpy.run_path(str(train_py), run_name="__main__")

@@ -163,3 +163,20 @@ def test_table_rows_are_grouped_in_wandb_by_table_and_row(tmp_path, monkeypatch,
         assert (run.run_group, run.job_type, run.display_name) == ("grouped_table", row, row)
     printed = capsys.readouterr().out
     assert "W&B table 'grouped_table' logged (offline)" in printed and "wandb sync " in printed
+
+
+def test_paper_values_of_percent_metrics_are_percentages():
+    """A table shows accuracy, savings and sparsity as percentages: a paper value of 0.54 beside our 61.85 is a
+    fraction written where 54 was meant (it happened), and its Δ would be meaningless."""
+    from lowbit.compose import conf_dir
+
+    fractions = []
+    for path in sorted((conf_dir() / "table").glob("*.yaml")):
+        spec = TableSpec.load(path.stem)
+        for row in spec.rows:
+            for key, value in row.paper.items():
+                shown_as_percent = key in spec.metrics and spec.shows_percent(key)
+                if shown_as_percent and re.search(r"acc|f1|saving|sparsity", key) and isinstance(value, (int, float)) \
+                        and 0 < abs(value) <= 1:
+                    fractions.append(f"{path.stem}: {row.name}: {key}={value}")
+    assert not fractions, fractions

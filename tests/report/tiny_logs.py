@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from wandb_records import finished_records
 
 QBERT_ROWS = ("baseline", "directq_w2", "qbert_w2", "qbert_mp_w23")
 TABLE = "qbert_sst2"
@@ -115,4 +116,6 @@ def make_tiny_logs(tmp: Path, repo: Path) -> TinyLogs:
     csv_run = _single_run("ternary_csv", ["data=sst2", "quantizer=ternary_twn", "bit_assignment.bits=2"], logs, cache)
     mrpc_run = _single_run("fp32_mrpc", ["data=mrpc", "quantizer=none"], logs, cache)
     sweep_dir = _sweep(logs, cache, repo)
+    for wandb_file in logs.rglob("run-*.wandb"):  # W&B's service may still be writing a finished run's tail
+        finished_records(wandb_file)
     return TinyLogs(logs, table_dir, rows, csv_run, mrpc_run, sweep_dir)

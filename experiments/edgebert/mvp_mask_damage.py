@@ -3,7 +3,8 @@
 Loads a movement-pruning run's checkpoint taken before pruning starts (its scores have learned for the
 initial warmup; sparsity still 0), then, per matrix as the run would, prunes the lowest scores (MvP), the
 highest scores (the opposite ranking), the smallest |w| (MaP) or a random set, and measures dev loss and
-accuracy with no further training. Also: do the MvP masks pick small weights (mean |w| pruned vs kept)?
+accuracy with no further training. Also: do the MvP masks pick small weights (mean |w| pruned vs kept), and how
+far have the weights moved from the pretrained ones (mean |ΔW| vs mean |w|)?
 
     python train.py data=sst2 pruning=movement pruning.final_sparsity=0.90 ... \
         callbacks.last_checkpoint.every_n_train_steps=70 hydra.run.dir=RUN   # stopped after the first last.ckpt
@@ -79,6 +80,13 @@ def main() -> None:
                 result["pruned"][f"{sparsity} {name}"].update(mean_abs_w_pruned=round(pruned.mean().item(), 4),
                                                                mean_abs_w_kept=round(kept.mean().item(), 4))
             print(sparsity, name, result["pruned"][f"{sparsity} {name}"], flush=True)
+    # how far fine-tuning has moved the pruned matrices from the pretrained weights (MvP ranks this movement)
+    cfg.model.init_checkpoint = None
+    pretrained = dict(build_model(cfg, weights="pretrained", with_methods=False).model.named_parameters())
+    moved = torch.cat([(w - pretrained[f"{n}.weight"].detach()).abs().reshape(-1) for n, w in weights.items()])
+    magnitude = torch.cat([w.abs().reshape(-1) for w in weights.values()])
+    result["movement"] = {"mean_abs_dw": round(moved.mean().item(), 6), "mean_abs_w": round(magnitude.mean().item(), 4),
+                          "ratio": round((moved.mean() / magnitude.mean()).item(), 4)}
     scores = torch.cat([m.scores.detach().reshape(-1) for m in masks.values()])
     result["scores"] = {"min": round(scores.min().item(), 4), "max": round(scores.max().item(), 4),
                         "mean_abs": round(scores.abs().mean().item(), 4)}

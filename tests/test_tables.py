@@ -54,12 +54,13 @@ def test_table_runs_rows_writes_outputs_and_resumes(tmp_path, monkeypatch):
 def test_rows_option_runs_the_matching_rows_and_the_rows_they_refer_to(tmp_path, monkeypatch):
     spec = TableSpec(name="sel", title="sel", metrics=["val/acc"], base_overrides=BASE,
                      rows=[TableRow("a_base", ["quantizer=none"]), TableRow("a_kd", ["tags=[{row:a_base}]"]),
-                           TableRow("b_base", ["quantizer=none"]), TableRow("b_w2", ["tags=[{row:b_base}]"])])
-    assert select_rows(spec, None) == {"a_base", "a_kd", "b_base", "b_w2"}
+                           TableRow("b_base", ["quantizer=none"]), TableRow("b_w2", ["tags=[{row:b_base}]"]),
+                           TableRow("c_solo", ["quantizer=none"])])
+    assert select_rows(spec, None) == {"a_base", "a_kd", "b_base", "b_w2", "c_solo"}
     assert select_rows(spec, ["a_*"]) == {"a_base", "a_kd"}
     assert select_rows(spec, ["b_w2"]) == {"b_base", "b_w2"}  # its reference comes along
-    with pytest.raises(LowbitConfigError, match=r"--rows 'c_\*' matches no row of table sel; rows: \['a_base'"):
-        select_rows(spec, ["c_*"])
+    with pytest.raises(LowbitConfigError, match=r"--rows 'z_\*' matches no row of table sel; rows: \['a_base'"):
+        select_rows(spec, ["z_*"])
     monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "table"
     assert [r["row"] for r in run_table(spec, [], out, wandb_mode="disabled", rows=["b_base"])] == ["b_base"]
@@ -73,6 +74,10 @@ def test_rows_option_runs_the_matching_rows_and_the_rows_they_refer_to(tmp_path,
     assert [r["row"] for r in results] == ["a_base", "b_base"]
     assert [r["row"] for r in csv.DictReader((out / "sel.csv").open())] == ["a_base", "b_base"]
     assert (out / "b_base" / "summary.json").stat().st_mtime_ns == b_done
+    # the rows done and not selected are in the table written: another budget for a new row is refused, not mixed in
+    with pytest.raises(SystemExit, match=r"a_base was run with a different config: data.max_train_samples=32 \(stored\)"):
+        main(["sel", "--out", str(out), "--rows", "c_solo", "data.max_train_samples=24", "--wandb-mode", "disabled"])
+    assert not (out / "c_solo").exists()
 
 
 def test_row_reference_to_a_later_row_is_an_error(tmp_path):

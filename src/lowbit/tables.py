@@ -251,7 +251,8 @@ def select_rows(spec: TableSpec, patterns: list[str] | None) -> set[str]:
 def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path, selected: set[str] | None = None) -> None:
     """Compose every row and check its config (``lowbit.validate``), as ``run_table`` will run it, so a bad
     override (``data.bogus=1``) or metric fails in seconds, before the first row trains; a row already run in
-    ``out_dir`` with a different config (another model, another budget) is refused, not reused."""
+    ``out_dir`` with a different config (another model, another budget) is refused, not reused. Rows outside
+    ``selected`` (``--rows``) are checked only if done: they will be in the table written, so they must match."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -259,7 +260,7 @@ def _compose_rows(spec: TableSpec, extra_overrides: list[str], out_dir: Path, se
 
     planned = {r.name: out_dir / r.name for r in spec.rows}  # {row:NAME} as the run resolves it
     for row in spec.rows:
-        if selected is not None and row.name not in selected:
+        if selected is not None and row.name not in selected and not (out_dir / row.name / "summary.json").exists():
             continue
         try:
             cfg = compose_train(_row_overrides(spec, row, extra_overrides, planned), out_dir / row.name)

@@ -112,9 +112,10 @@ def _resume_and_compare(run_dir: Path, tmp_path: Path, uninterrupted, where: str
     ("batch_end", 12, "after the main stage's first epoch's last step, before its validation"),
     ("batch_end", 24, "after the main stage's last step, before its validation")])
 def test_kill_right_after_an_epoch_boundary_checkpoint_and_resume_is_exact(tmp_path, uninterrupted, kind, n, where):
-    """At an epoch's end two checkpoints are written: after its last step, then after its validation. What the
-    next RNG draw must be differs: the validation's loader, the next epoch's loader, or, after a stage's last
-    epoch, whatever follows ``fit`` (the next stage's dropout)."""
+    """Killed after an epoch's last step (before its validation: no checkpoint there, the previous step's is
+    resumed) or after the epoch-end checkpoint (written after the validation). What the next RNG draw must be
+    differs: the validation's loader, the next epoch's loader, or, after a stage's last epoch, whatever follows
+    ``fit`` (the next stage's dropout)."""
     run_dir = tmp_path / "run"
     killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_after_save.py"), kind, str(n),
                              *_cmd(run_dir, tmp_path)[2:]], check=False, cwd=ROOT, env=_env(), capture_output=True,

@@ -3,6 +3,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before transformers / huggingface_hub / datasets are imported: they read these once, at import. Set later, a
+# hub lookup retries with backoff against the unreachable network (~25-50 s per test) instead of failing at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -14,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_SILENT", "true")
 if not os.environ.get("LOWBIT_DATA_DIR") and SHARED_GLUE.is_dir():
     os.environ["LOWBIT_DATA_DIR"] = str(SHARED_GLUE)
 

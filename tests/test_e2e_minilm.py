@@ -19,8 +19,8 @@ def test_ternarybert_mnli_two_steps_on_local_subset(tmp_path):
         pytest.skip("needs the local GLUE copy (../shared/data/glue or LOWBIT_DATA_DIR)")
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "+experiment=ternarybert_mnli", "data.max_train_samples=64",
-         "data.max_eval_samples=64", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={out}",
+        [sys.executable, str(ROOT / "train.py"), "+experiment=ternarybert_mnli", "data.max_train_samples=32",
+         "data.max_eval_samples=32", "data.batch_size=16", "data.max_length=64", "trainer.max_steps=2", "logger=none", f"hydra.run.dir={out}",
          f"paths.cache_dir={tmp_path}/cache", "trainer.enable_progress_bar=false", "~callbacks.progress_bar"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

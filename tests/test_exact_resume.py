@@ -104,13 +104,20 @@ def _resume_and_compare(run_dir: Path, tmp_path: Path, uninterrupted, where: str
     assert not different, f"killed {where}: {len(different)} tensors differ, e.g. {different[:3]}"
 
 
+# The three cases that failed before the fixes of bf8b154/da286b0 run in every suite; the other three (~16 s each)
+# with LOWBIT_RESUME_ALL_BOUNDARIES=1, to keep `make test` inside its 15 minutes on 2 cores.
+_ALL_BOUNDARIES = pytest.mark.skipif(not os.environ.get("LOWBIT_RESUME_ALL_BOUNDARIES"),
+                                     reason="set LOWBIT_RESUME_ALL_BOUNDARIES=1 to run every epoch-boundary case")
+
+
 @pytest.mark.parametrize(("kind", "n", "where"), [
     ("epoch_end", 1, "after the fine-tune stage's last epoch"),
-    ("epoch_end", 2, "after the main stage's first epoch"),
+    pytest.param("epoch_end", 2, "after the main stage's first epoch", marks=_ALL_BOUNDARIES),
     ("epoch_end", 4, "after the main stage's last epoch"),
     ("batch_end", 6, "after the fine-tune stage's last step, before its validation"),
-    ("batch_end", 12, "after the main stage's first epoch's last step, before its validation"),
-    ("batch_end", 24, "after the main stage's last step, before its validation")])
+    pytest.param("batch_end", 12, "after the main stage's first epoch's last step, before its validation",
+                 marks=_ALL_BOUNDARIES),
+    pytest.param("batch_end", 24, "after the main stage's last step, before its validation", marks=_ALL_BOUNDARIES)])
 def test_kill_right_after_an_epoch_boundary_checkpoint_and_resume_is_exact(tmp_path, uninterrupted, kind, n, where):
     """Killed after an epoch's last step (before its validation: no checkpoint there, the previous step's is
     resumed) or after the epoch-end checkpoint (written after the validation). What the next RNG draw must be

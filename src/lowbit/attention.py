@@ -102,7 +102,7 @@ def lowbit_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
             observe(scores, attention_mask)
         for transform in hooks.scores.values():
             scores = transform(scores, attention_mask)
-        probs = _chain(hooks.probs, hooks.softmax(scores).to(query.dtype))
+        probs = _softmax_and_probs(hooks, scores, query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
     if hooks is not None and recording():
@@ -110,6 +110,27 @@ def lowbit_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         if product is not None:
             attach(out, product[0].transpose(1, 2), product[1])
     return out, probs
+
+
+def _softmax_and_probs(hooks: AttentionHooks, scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The softmax, then the ``probs`` chain.
+
+    A first ``probs`` transform that renormalises each row by weights m (``log_weights(distance)``: the
+    adaptive span) is folded into a float softmax as softmax(s + log m): the same distribution, with
+    finite gradients however little weight the softmax left inside the mask (see ``AdaptiveSpanMask``).
+    Keys the padding mask removes get exactly 0, as the transform's own ``forward`` gives them.
+    """
+    transforms = list(hooks.probs.values())
+    fold = getattr(transforms[0], "log_weights", None) if transforms and type(hooks.softmax) is Softmax else None
+    if fold is None:
+        return _chain(hooks.probs, hooks.softmax(scores).to(dtype))
+    q = torch.arange(scores.size(-2), device=scores.device)
+    k = torch.arange(scores.size(-1), device=scores.device)
+    probs = torch.softmax(scores + fold((q[:, None] - k[None, :]).abs()), dim=-1, dtype=torch.float32)
+    probs = probs.masked_fill(scores <= torch.finfo(scores.dtype).min / 2, 0.0).to(dtype)
+    for transform in transforms[1:]:
+        probs = transform(probs)
+    return probs
 
 
 def _band(module: nn.Module, hooks: AttentionHooks, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -178,11 +199,16 @@ def banded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     s_b, s_h, s_row, s_col = mask.stride()
     mask = mask.as_strided((mask.size(0), mask.size(1), n_blocks, block, width),
                            (s_b, s_h, block * (s_row + s_col), s_row, s_col))
-    probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = probs.masked_fill(mask <= lowest / 2, 0.0)  # a window of masked keys only: 0, not uniform
     rows = torch.arange(block, device=query.device)
     cols = torch.arange(width, device=query.device)
-    probs = band(probs, (rows[:, None] - cols[None, :] + window).abs())
+    distance = (rows[:, None] - cols[None, :] + window).abs()
+    fold = getattr(band, "log_weights", None)  # as the full path: the band folded into the softmax
+    if fold is not None:
+        mask = mask + fold(distance).unsqueeze(1)  # [H, 1 (blocks), b, width]
+    probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32)
+    probs = probs.to(query.dtype).masked_fill(mask <= lowest / 2, 0.0)  # a window of masked keys only: 0
+    if fold is None:
+        probs = band(probs, distance)
     out = torch.matmul(probs, v).reshape(batch, heads, padded, -1)[:, :, :length]
     return out.transpose(1, 2).contiguous()
 

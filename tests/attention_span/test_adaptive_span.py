@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from lowbit import load_packed
 from lowbit.algorithms import METHOD_CARDS
 from lowbit.algorithms.attention_span import AdaptiveSpan, AdaptiveSpanMask, SpanCallback, span_mask, spans_in_effect
+from lowbit.algorithms.attention_span.effect import recording_band_calls
 from lowbit.algorithms.effects import EffectContext
 from lowbit.attention import HOOKS_ATTR, band_block, banded_attention
 from lowbit.builder import build_methods, prepare_model
@@ -106,6 +107,36 @@ def test_span_loss_is_the_official_formula_summed_over_layers(tiny_model):
     for mask in method.masks:  # d/d fraction_h = coeff * max_span / heads
         torch.testing.assert_close(mask.span_fraction.grad, torch.full((4, 1, 1), 5e-6 * 512 / 4))
     assert prepared(tiny_model(), loss_coeff=0.0).loss_terms() == []
+
+
+def test_short_span_with_vanishing_weight_inside_keeps_gradients_finite(tiny_model):
+    """The MNLI ablation's NaN at step 94: spans near 0 keep only keys the softmax gave ~4e-44 (every query
+    attends to key 0 with a score gap of 100), so p·m sums to a denormal and the old 1/Σ(p·m) backward
+    overflowed. The output is still the definition p·m / Σ p·m (computed in float64) and every gradient
+    (Q, K, V, the spans) is finite."""
+    from lowbit.attention import lowbit_attention_forward
+
+    model = tiny_model()
+    method = prepared(model, max_span=16, ramp=2, init=0.05)
+    mask = method.masks[0]
+    set_fractions(method, [0.0, 0.0, 0.01, 0.02])
+    attention = find_targets(model, "self_attention")[0].module.train()
+    length, dim = 24, 8
+    q = torch.zeros(1, 4, length, dim)
+    k = torch.zeros(1, 4, length, dim)
+    q[..., 0], k[:, :, 0, 0] = 1.0, 100.0 * dim ** 0.5  # score 100 on key 0, 0 elsewhere
+    v = torch.randn(1, 4, length, dim)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = lowbit_attention_forward(attention, q, k, v, None)[0]
+    (out * torch.randn_like(out)).sum().backward()
+    for name, grad in (("q", q.grad), ("k", k.grad), ("v", v.grad), ("span", mask.span_fraction.grad)):
+        assert grad is not None and bool(torch.isfinite(grad).all()), f"{name}: non-finite gradient"
+    scores = torch.zeros(4, length, length, dtype=torch.float64)
+    scores[..., 0] = 100.0
+    pos = torch.arange(length)
+    weights = torch.softmax(scores, -1) * mask.mask((pos[:, None] - pos[None, :]).abs()).double()
+    expected = (weights / weights.sum(-1, keepdim=True)) @ v.detach()[0].double()
+    torch.testing.assert_close(out.detach()[0].transpose(0, 1).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_task_gradient_reaches_every_span(tiny_model):
@@ -221,21 +252,21 @@ def test_trimmed_model_equals_full_model(length, fractions, tiny_model, monkeypa
     targets = find_targets(model, "self_attention")
     hooks = [t.module.register_forward_hook(lambda mod, a, out, name=t.name: outputs.setdefault(name, []).append(out[0]))
              for t in targets]
-    hooks += [m.register_forward_hook(lambda mod, a, out: banded.append(len(a) > 1)) for m in method.masks]
-    with torch.no_grad():
+    with torch.no_grad(), recording_band_calls(method.masks) as calls:
         for trim in (False, True):
+            calls.clear()
             for m in method.masks:
                 m.trim = trim
             logits = model(input_ids=ids, attention_mask=attention).logits
             outputs.setdefault("logits", []).append(logits)
+            banded.append(list(calls))
     for h in hooks:
         h.remove()
     for name, (full, trimmed) in outputs.items():
         torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5, msg=name)
     windows = [m.window() for m in method.masks]
-    n = len(method.masks)
-    assert banded[:n] == [False] * n  # trim off: the full path
-    assert banded[n:] == [4 + 2 * w < length for w in windows]  # trim on: banded wherever the band is narrower
+    assert banded[0] == [False] * len(windows)  # trim off: the full path
+    assert banded[1] == [4 + 2 * w < length for w in windows]  # trim on: banded wherever the band is narrower
 
 
 def test_training_and_integer_codes_take_the_full_path(tiny_model):
@@ -244,20 +275,18 @@ def test_training_and_integer_codes_take_the_full_path(tiny_model):
 
     model = tiny_model()
     method = prepared(model, max_span=16, ramp=2, init=0.05)
-    banded = []
-    for m in method.masks:
-        m.register_forward_hook(lambda mod, a, out: banded.append(len(a) > 1))
-    model.train()
-    model(input_ids=torch.randint(3, 120, (2, 40)))
-    assert banded == [False, False]  # training: the one full path (dropout, gradients)
-    attention = find_targets(model, "self_attention")[0].module.eval()
-    with torch.no_grad():
+    with recording_band_calls(method.masks) as banded:
+        model.train()
+        model(input_ids=torch.randint(3, 120, (2, 40)))
+        assert banded == [False, False]  # training: the one full path (dropout, gradients)
+        attention = find_targets(model, "self_attention")[0].module.eval()
         banded.clear()
-        q, k, v = (torch.randn(2, 4, 40, 8) for _ in range(3))
-        plain = lowbit_attention_forward(attention, q, k, v, None)[0]
-        codes = torch.randint(-127, 128, q.shape).double()
-        q = attach(codes.float() * 0.01, codes, torch.tensor(0.01))  # Q carries 8-bit codes (I-BERT evaluation)
-        recorded = lowbit_attention_forward(attention, q, k, v, None)[0]
+        with torch.no_grad():
+            q, k, v = (torch.randn(2, 4, 40, 8) for _ in range(3))
+            plain = lowbit_attention_forward(attention, q, k, v, None)[0]
+            codes = torch.randint(-127, 128, q.shape).double()
+            q = attach(codes.float() * 0.01, codes, torch.tensor(0.01))  # Q carries 8-bit codes (I-BERT evaluation)
+            recorded = lowbit_attention_forward(attention, q, k, v, None)[0]
     assert banded == [True, False]  # codes: the integer products are recorded on the full path
     assert plain.shape == recorded.shape
 

@@ -73,6 +73,21 @@ class AdaptiveSpanMask(nn.Module):
         z = (self.fractions() * self.max_span).reshape(-1, *([1] * distance.dim()))
         return span_mask(distance.to(z.dtype), z, self.ramp)
 
+    def log_weights(self, distance: torch.Tensor) -> torch.Tensor:
+        """log m per head at ``distance`` ([heads, *distance.shape]), −inf where m = 0.
+
+        The mask folded into the softmax: softmax(s + log m) = p·m / Σ p·m, ``forward``'s distribution,
+        computed without dividing by Σ p·m. That sum is tiny when a short span keeps only keys the softmax
+        gave ~1e-40 (trained attention puts its weight far away, on [CLS]/[SEP]); its 1/(Σ p·m)² gradient
+        then overflows to inf and the next step is NaN (seen at MNLI step 94 with spans of ~0-20 tokens).
+        The attention takes this path whenever the mask is the first ``probs`` transform after the float
+        softmax (``lowbit.attention``); ``forward`` stays for probabilities from an integer softmax
+        (multiples of 2^-8: the sum is 0 or >= 2^-8).
+        """
+        m = self.mask(distance)
+        # where(): no gradient reaches log(0) (0 · inf would be NaN)
+        return torch.where(m > 0, m.clamp_min(torch.finfo(m.dtype).tiny).log(), float("-inf"))
+
     def forward(self, probs: torch.Tensor, distance: torch.Tensor | None = None) -> torch.Tensor:
         check(probs.size(1) == self.num_heads,
               f"attention_span: probabilities have {probs.size(1)} heads, the span mask has {self.num_heads}")

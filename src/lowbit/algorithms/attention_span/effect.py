@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -39,6 +42,26 @@ def _check_mask(name: str, mask: AdaptiveSpanMask) -> None:
                 f"{name} head {h}: weight beyond span + ramp ({z + mask.ramp:.2f})"
             assert bool((out[0, h][distance > window] == 0).all()), f"{name} head {h}: weight beyond the window {window}"
         torch.testing.assert_close(out.sum(-1), torch.ones(1, mask.num_heads, length), msg=f"{name}: rows do not sum to 1")
+        # the form the attention folds into a float softmax gives the same rows
+        folded = torch.softmax(mask.log_weights(distance), dim=-1)
+        torch.testing.assert_close(folded, out[0], msg=f"{name}: softmax(s + log m) differs from the mask's rows")
+
+
+@contextmanager
+def recording_band_calls(masks: list[AdaptiveSpanMask]) -> Iterator[list[bool]]:
+    """Record, for every use of a mask folded into the softmax, whether it was the banded layout (its
+    [block, block + 2W] distances) rather than the full [L, L] one."""
+    calls: list[bool] = []
+    for mask in masks:
+        def log_weights(distance, mask=mask, unwrapped=mask.log_weights):
+            calls.append(distance.size(-1) != distance.size(-2))
+            return unwrapped(distance)
+        mask.log_weights = log_weights  # an instance attribute: shadows the method until deleted
+    try:
+        yield calls
+    finally:
+        for mask in masks:
+            del mask.log_weights
 
 
 def _probe_length(model: nn.Module) -> int:
@@ -58,12 +81,10 @@ def _trimmed_equals_full(ctx: EffectContext, masks) -> bool:
     kwargs = {}
     for method in ctx.methods.values():
         kwargs.update(method.forward_kwargs("eval"))
-    calls = []
-    handles = [m.register_forward_hook(lambda mod, args, out: calls.append(len(args) > 1)) for _, _, m in masks]
     was_training, trims = model.training, [m.trim for _, _, m in masks]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), recording_band_calls([m for _, _, m in masks]) as calls:
             for _, _, m in masks:
                 m.trim = False
             full = model(input_ids=ids, attention_mask=attention, **kwargs).logits
@@ -72,8 +93,6 @@ def _trimmed_equals_full(ctx: EffectContext, masks) -> bool:
             calls.clear()
             trimmed = model(input_ids=ids, attention_mask=attention, **kwargs).logits
     finally:
-        for h in handles:
-            h.remove()
         for (_, _, m), t in zip(masks, trims):
             m.trim = t
         model.train(was_training)

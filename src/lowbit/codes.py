@@ -73,10 +73,13 @@ def attach(value: Tensor, codes: Tensor, scale: Tensor) -> Tensor:
     """
     if not recording() or value._base is not None or value.storage_offset() or not value.numel():
         return value
-    layout = torch.empty_like(value, dtype=torch.float64)  # dense tensors: empty_like keeps the strides
-    if layout.stride() != value.stride():
-        return value
-    codes = layout.copy_(codes.detach().expand(value.shape))
+    codes = codes.detach()
+    if not (codes.dtype == torch.float64 and codes.shape == value.shape and codes.stride() == value.stride()
+            and not codes.storage_offset()):  # else one copy, laid out like value
+        layout = torch.empty_like(value, dtype=torch.float64)  # dense tensors: empty_like keeps the strides
+        if layout.stride() != value.stride():
+            return value
+        codes = layout.copy_(codes.expand(value.shape))
     scale = scale.detach().to(torch.float64)
     setattr(value, _ATTR, _Record(codes, scale, _version(value)))
     ptr = value.untyped_storage().data_ptr()

@@ -39,7 +39,9 @@ def dyadic_rescale(codes: Tensor, scale_in: Tensor, scale_out: Tensor) -> Tensor
         scale_out = _f64(scale_out)
         ratio = _f64(scale_in) / scale_out.to(torch.float32).to(torch.float64)
         m, e = batch_frexp(ratio)
-        return torch.round(_f64(codes) * m.to(torch.float64) / (2.0**e))
+        # one multiply by m·2^-e (exact: 31 bits times a power of two): a power-of-two scale commutes with
+        # float64 rounding, so this equals FixedPointMul's (q·m) / 2^e bit for bit, one full-size pass fewer
+        return torch.round(_f64(codes) * (m.to(torch.float64) * torch.pow(2.0, -e)))
 
 
 def requantize_symmetric(codes: Tensor, scale_in: Tensor, scale_out: Tensor, bits: int,

@@ -80,6 +80,7 @@ class _LowbitLayer:
             setattr(self, f"{slot}_transforms", nn.ModuleDict())
         self.weight_frozen = False
         self._cache = None
+        self._codes_cache = None
 
     # -- building the chain ------------------------------------------------------------------
     def add_transform(self, slot: str, name: str, module: nn.Module) -> None:
@@ -92,6 +93,7 @@ class _LowbitLayer:
         items.sort(key=lambda kv: getattr(kv[1], "chain_order", 50))  # stable: ties keep insertion order
         setattr(self, f"{slot}_transforms", nn.ModuleDict(items))
         self._cache = None
+        self._codes_cache = None
 
     def transform_of_kind(self, kind: str) -> WeightTransform | None:
         found = [t for t in self.weight_transforms.values() if getattr(t, "kind", "other") == kind]
@@ -158,6 +160,7 @@ class _LowbitLayer:
             self.weight.data = self._run_chain(self.weight).detach().clone()
         self.weight_frozen = True
         self._cache = None
+        self._codes_cache = None
 
     def _apply_slot(self, slot: str, x: torch.Tensor) -> torch.Tensor:
         for t in getattr(self, f"{slot}_transforms").values():
@@ -206,6 +209,28 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
             y = F.linear(x, self.effective_weight(), self._bias())
         return self._apply_slot("output", y) if self.output_transforms else y
 
+    def _weight_codes(self, round_ste) -> tuple:
+        """``(qparams, weight codes)`` of the chain's quantizer (codes None where ``_linear_in_codes`` does not
+        multiply codes). Without gradients they are cached like ``effective_weight``: evaluation quantizes
+        each weight once per weight version, not once per forward (the same values: the same expressions)."""
+        from lowbit.quant.granularity import PerRow, PerTensor
+
+        def compute():
+            qp = self.weight_qparams()
+            if qp is None or not qp.symmetric or not isinstance(qp.granularity, (PerRow, PerTensor)):
+                return qp, None
+            return qp, round_ste(self.effective_weight() / qp.scale.reshape(-1, 1))
+
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return compute()
+        key = (self.weight._version, self.weight.data_ptr(), self.weight_frozen,
+               *(t.cache_key() for t in self.weight_transforms.values()))
+        cached = self._codes_cache
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = self._codes_cache = (key, *compute())
+        return cached[1], cached[2]
+
     def _linear_in_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(x/S_x)·(W/S_w)ᵀ·S_x·S_w + b: the product of the integer codes, scaled once, as an integer engine's
         int32 accumulator. A float matmul of the scaled values rounds every product and partial sum; products
@@ -221,13 +246,12 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
 
         quantizer = next((t for t in self.input_transforms.values() if getattr(t, "static_scale", None)), None)
         s_x = quantizer.static_scale() if quantizer is not None else None
-        qp = self.weight_qparams()
+        qp, w_codes = self._weight_codes(round_ste)
         if s_x is None or qp is None or not qp.symmetric or not isinstance(qp.granularity, (PerRow, PerTensor)):
             return F.linear(x, self.effective_weight(), self._bias())
         s_w = qp.scale.reshape(-1)  # [out] per row, [1] per tensor
         acc_scale = s_x.double() * s_w.double()  # the engine's S_x·S_w, in float64 as it computes it
         x_codes = round_ste(x / s_x)
-        w_codes = round_ste(self.effective_weight() / s_w.reshape(-1, 1))
         exact_bound = self.in_features * (2 ** (quantizer.bits - 1) - 1) * (2 ** (qp.bits - 1) - 1)
         dtype = torch.float64 if recording() and exact_bound >= 2**24 else x.dtype
         acc = F.linear(x_codes.to(dtype), w_codes.to(dtype))

@@ -24,6 +24,7 @@ alone (I-BERT Table 4: ``approximation=ibert approximation.gelu=hgelu``).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,10 +65,17 @@ class StaticScale(nn.Module):
         self.register_buffer("running_max", torch.zeros((), dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def needs_batch(self) -> bool:
+        """Whether ``forward`` reads the batch's range (an unfrozen training forward, or nothing seen yet)."""
+        return (self.training and not self.frozen) or not bool(self.initialized)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+        """``valid``: the mask, or a function that computes it (only called when the batch range is read)."""
+        if not self.needs_batch():  # frozen or evaluation: the stored range, no pass over the batch
+            return I.symmetric_scale(torch.maximum(self.running_min.abs(), self.running_max.abs()), self.bits)
         seen = x.detach()
         if valid is not None:
-            seen = seen[valid]
+            seen = seen[valid() if callable(valid) else valid]
         if seen.numel():
             lo, hi = seen.amin().double(), seen.amax().double()
         else:
@@ -103,11 +111,13 @@ class IntGELU(nn.Module):
         super().__init__()
         self.input_bits = input_bits
         self.input_scale = StaticScale(input_bits, momentum)
+        n = 2 ** (input_bits - 1) - 1
+        self.table = I.IntegerTable(I.int_gelu, -n, n)  # evaluation: codes looked up, not recomputed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.input_scale(x)
         codes = _input_codes(x, scale, self.input_bits)
-        out, out_scale = I.int_gelu(codes, scale)
+        out, out_scale = self.table(codes, scale)
         return attach((out * out_scale).to(x.dtype), out, out_scale)
 
 
@@ -140,12 +150,14 @@ class IntSoftmax(nn.Module):
         self.input_bits, self.output_bits = input_bits, output_bits
         self.input_scale = StaticScale(input_bits, momentum)
         self.exp_scale = StaticScale(16, momentum)  # I-BERT's inner QuantAct(16) "to avoid overflow"
+        # max-subtracted input codes lie in [-2n, 0]: i-exp looked up in evaluation
+        self.exp_table = I.IntegerTable(I.int_exp, -2 * (2 ** (input_bits - 1) - 1), 0)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        valid = scores > torch.finfo(scores.dtype).min / 2
-        scale = self.input_scale(scores, valid)
+        scale = self.input_scale(scores, lambda: scores > torch.finfo(scores.dtype).min / 2)
         codes = _input_codes(scores, scale, self.input_bits)  # recorded codes: masked keys at -inf -> grid min
-        out, out_scale = I.int_softmax(codes, scale, self.output_bits, exp_scale_fn=self.exp_scale)
+        out, out_scale = I.int_softmax(codes, scale, self.output_bits, exp_scale_fn=self.exp_scale,
+                                       exp_fn=self.exp_table)
         out = torch.clamp(out, max=2**self.output_bits - 1)  # p = 1 held as 255/256: codes fit uint8
         return attach((out * out_scale).float(), out, out_scale)
 

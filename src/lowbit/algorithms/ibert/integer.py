@@ -103,7 +103,7 @@ from lowbit.dyadic import dyadic_rescale as _dyadic_rescale
 from lowbit.errors import check
 
 __all__ = [
-    "batch_frexp", "floor_ste", "gelu_approximation_errors", "h_gelu", "i_exp_float", "i_exp_max_error",
+    "IntegerTable", "batch_frexp", "floor_ste", "gelu_approximation_errors", "h_gelu", "i_exp_float", "i_exp_max_error",
     "i_gelu_float", "int_exp", "int_gelu", "int_layernorm", "int_softmax", "isqrt", "layernorm_shift",
     "linear_int", "quantize_bias", "quantize_symmetric", "quantize_weight_per_channel", "requantize",
     "round_ste", "sigmoid_gelu", "symmetric_scale",
@@ -304,18 +304,43 @@ def int_exp(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     return exp_int, poly_scale / 2**EXP_CONST
 
 
+class IntegerTable:
+    """An exact elementwise integer function ``fn(codes, scale) -> (codes, scale)`` of integer codes in
+    [``lo``, ``hi``], tabulated once per (per-tensor) scale: without gradients the codes are looked up, one
+    gather instead of ~15 float64 passes over the tensor (what the ``int8_ort`` engine does). ``fn`` must
+    be elementwise in the codes, so the looked-up values are the computed ones bit for bit. With gradients
+    (QAT), or a per-channel scale, ``fn`` runs as before. Codes outside [lo, hi] are an IndexError."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], lo: int, hi: int):
+        self.fn, self.lo, self.hi = fn, lo, hi
+        self._key: tuple | None = None
+        self._table: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.is_grad_enabled() or scale.numel() != 1:
+            return self.fn(codes, scale)
+        key = (float(scale), codes.device)
+        if self._key != key:
+            grid = torch.arange(self.lo, self.hi + 1, dtype=torch.float64, device=codes.device)
+            self._table, self._key = self.fn(grid, scale), key
+        values, out_scale = self._table
+        index = (_f64(codes) - self.lo).to(torch.int64)
+        return values.take(index), out_scale
+
+
 def int_softmax(codes: Tensor, scale: Tensor, output_bits: int = 8,
-                exp_scale_fn: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                exp_scale_fn: Callable[[Tensor], Tensor] | None = None,
+                exp_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """i-softmax over the last dim: ``(codes, 2^-output_bits)`` (reference ``IntSoftmax.forward``).
 
     Row max subtracted, ``int_exp``, the exp codes requantized to 16 bits with scale
     ``exp_scale_fn(exp)`` (``exp`` the real, detached exp values; the caller's EMA observer); ``None``: this
-    call's max|exp| / (2^15 - 1). Then factor = floor(2^32 / row sum), out = floor(e16 * factor / 2^(32 - b)).
+    call's max|exp| / (2^15 - 1). ``exp_fn``: ``int_exp`` or a table of it (``IntegerTable``). Then factor = floor(2^32 / row sum), out = floor(e16 * factor / 2^(32 - b)).
     The largest entry of a row whose others vanish is 2^b (one past the b-bit unsigned range), as the reference.
     """
     q, scale = _f64(codes), _f64(scale).detach()
     q = q - q.max(dim=-1, keepdim=True).values
-    exp_int, exp_scale = int_exp(q, scale)
+    exp_int, exp_scale = (exp_fn or int_exp)(q, scale)
     exp_values = (exp_int * exp_scale).detach()
     if exp_scale_fn is None:
         scale16 = symmetric_scale(exp_values.abs().max(), 16)

@@ -37,6 +37,10 @@ def test_table_computes_with_gradients_and_refuses_codes_outside_its_domain():
     assert x.grad is not None and bool((x.grad != 0).any())
     with torch.no_grad(), pytest.raises((IndexError, RuntimeError)):
         table(torch.tensor([128.0], dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64))
+    wide = I.IntegerTable(I.int_gelu, -(2**23 - 1), 2**23 - 1)  # a 24-bit grid: computed, never tabulated
+    x, s = torch.tensor([-(2.0**23 - 1), 5.0, 2.0**23 - 1], dtype=torch.float64), torch.tensor(1e-5, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(wide(x, s)[0], I.int_gelu(x, s)[0]) and wide._table is None
 
 
 def test_cached_weight_codes_follow_in_place_weight_updates():

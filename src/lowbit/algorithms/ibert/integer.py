@@ -309,7 +309,10 @@ class IntegerTable:
     [``lo``, ``hi``], tabulated once per (per-tensor) scale: without gradients the codes are looked up, one
     gather instead of ~15 float64 passes over the tensor (what the ``int8_ort`` engine does). ``fn`` must
     be elementwise in the codes, so the looked-up values are the computed ones bit for bit. With gradients
-    (QAT), or a per-channel scale, ``fn`` runs as before. Codes outside [lo, hi] are an IndexError."""
+    (QAT), a per-channel scale, or a domain wider than ``MAX_ENTRIES`` (wider input grids, e.g.
+    ``approximation.gelu_input_bits=24``), ``fn`` runs as before. Codes outside [lo, hi] are an IndexError."""
+
+    MAX_ENTRIES = 2**17  # the 16-bit grids (65,535 and 131,069 codes): ~1 MB of float64
 
     def __init__(self, fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], lo: int, hi: int):
         self.fn, self.lo, self.hi = fn, lo, hi
@@ -317,7 +320,7 @@ class IntegerTable:
         self._table: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        if torch.is_grad_enabled() or scale.numel() != 1:
+        if torch.is_grad_enabled() or scale.numel() != 1 or self.hi - self.lo + 1 > self.MAX_ENTRIES:
             return self.fn(codes, scale)
         key = (float(scale), codes.device)
         if self._key != key:

@@ -12,7 +12,9 @@ and moved with the model, and any number of methods share one ``AttentionHooks``
 - ``scores``: f(scores, attention_mask) -> scores, before the softmax;
 - ``softmax``: the softmax itself (a module: the ``softmax`` role; integer softmax replaces it);
 - ``probs``: probs -> probs, after the softmax, ordered by ``chain_order`` (a span mask before the
-  8-bit quantizer).
+  8-bit quantizer). A first transform that renormalises rows by weights m and says so with
+  ``log_weights(distance)`` is folded into the float softmax as softmax(s + log m) (finite gradients
+  where the softmax left almost no weight inside the mask).
 
 Banded attention (evaluation). A ``probs`` transform that confines every query's weight to keys at
 distance |i − j| <= W and renormalises each row itself (the adaptive span mask) says so with

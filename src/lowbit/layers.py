@@ -246,8 +246,10 @@ class LowbitLinear(_LowbitLayer, nn.Linear):
 
         quantizer = next((t for t in self.input_transforms.values() if getattr(t, "static_scale", None)), None)
         s_x = quantizer.static_scale() if quantizer is not None else None
+        if s_x is None:  # no static input grid: no codes to multiply (and no weight codes to compute)
+            return F.linear(x, self.effective_weight(), self._bias())
         qp, w_codes = self._weight_codes(round_ste)
-        if s_x is None or qp is None or not qp.symmetric or not isinstance(qp.granularity, (PerRow, PerTensor)):
+        if qp is None or not qp.symmetric or not isinstance(qp.granularity, (PerRow, PerTensor)):
             return F.linear(x, self.effective_weight(), self._bias())
         s_w = qp.scale.reshape(-1)  # [out] per row, [1] per tensor
         acc_scale = s_x.double() * s_w.double()  # the engine's S_x·S_w, in float64 as it computes it

@@ -70,6 +70,9 @@ def test_rows_option_runs_the_matching_rows_and_the_rows_they_refer_to(tmp_path,
     monkeypatch.setattr("lowbit.tables.TableSpec.load", classmethod(lambda cls, name: spec))
     with pytest.raises(SystemExit, match="--rows 'zzz' matches no row"):
         main(["sel", "--out", str(out), "--rows", "zzz", "--wandb-mode", "disabled"])
+    # two globs after one --rows: the second is not an override; the error says how to pick several rows
+    with pytest.raises(SystemExit, match=r"argument 'c_\*' is not a KEY=VALUE override .*repeat --rows"):
+        main(["sel", "--out", str(out), "--rows", "a_*", "c_*", "--wandb-mode", "disabled"])
     results = main(["sel", "--out", str(out), "--rows", "a_base", "--wandb-mode", "disabled"])
     assert [r["row"] for r in results] == ["a_base", "b_base"]
     assert [r["row"] for r in csv.DictReader((out / "sel.csv").open())] == ["a_base", "b_base"]

@@ -20,15 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lowbit.builder import build, build_method, build_methods, method_choices, prepare_model  # noqa: F401
+from lowbit.builder import build, build_method, build_methods, method_choices, prepare_model
 from lowbit.checkpointing import AtomicCheckpointIO, LastCheckpoint, ResumeState, atomic_save, resolve_ckpt_path
 from lowbit.data.glue import GLUEDataModule
 from lowbit.distributed import check_trainer_devices, is_rank_zero
@@ -38,6 +39,7 @@ from lowbit.methods import Method, RunInfo, Stage, all_param_groups, stages_of
 from lowbit.models import ModelSpec
 from lowbit.module import CompressionModule
 from lowbit.optim import OptimSpec, build_optim
+from lowbit.progress import TextProgress
 from lowbit.quant.quantizers import set_observers_frozen
 from lowbit.tracking import write_summary
 from lowbit.validate import validate_run_config
@@ -174,14 +176,24 @@ def run_stage(stage: Stage, model: nn.Module, methods: Mapping[str, Method], dat
                                    all_param_groups(methods, model), metric_prefix=prefix, loss_groups=stage.losses)
         monitor = prefix + (stage.monitor or cfg.optimized_metric)
         ckpt = ModelCheckpoint(dirpath=str(stage_dir / "checkpoints"), filename="best", monitor=monitor,
-                               mode=cfg.optimized_mode, save_weights_only=True, auto_insert_metric_name=False)
+                               mode=cfg.optimized_mode, save_weights_only=True, auto_insert_metric_name=False,
+                               # saved at the validation's end, before the epoch-end last.ckpt, which then holds
+                               # this epoch's best score (see conf/callbacks/default.yaml); resumed, the stage
+                               # rewrites best.ckpt, the file the next stage loads (no stale one beside best-v1)
+                               save_on_train_epoch_end=False, enable_version_counter=False)
         # the stage resumes mid-way from its own last.ckpt, like the main stage
         every_n = OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=50)
         last = LastCheckpoint(str(stage_dir / "checkpoints"), every_n)
         trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_epochs": stage.epochs, "default_root_dir": str(stage_dir)})
         log.info("stage %s: %d epoch(s) at lr %s", stage.name, stage.epochs, stage.lr or "optim.lr")
-        trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt, last, ResumeState(datamodule)], logger=False,
-                                    enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
+        # no bar in a stage (one bar per run): its progress is written as text lines, at the run's text_progress
+        # settings when it has them
+        progress_cfg = OmegaConf.select(cfg, "callbacks.text_progress", default=None)
+        progress = TextProgress(**{k: v for k, v in (progress_cfg or {}).items()
+                                   if k in ("every_seconds", "every_n_steps")},
+                                label=f"{cfg.get('task_name') or 'train'}:{stage.name}")
+        trainer: pl.Trainer = build(trainer_cfg, callbacks=[ckpt, last, ResumeState(datamodule), progress],
+                                    logger=False, enable_progress_bar=False, plugins=[AtomicCheckpointIO()])
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last.path) if last.path.is_file() else None,
                     weights_only=True)  # a resumed checkpoint is data, never code
         if best.exists():  # the best epoch, not the last (fast_dev_run saves none)

@@ -491,6 +491,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        # ``--rows a b`` takes only ``a``; ``b`` would otherwise reach Hydra as a bare override with a lexer error
+        for o in a.overrides:
+            check("=" in o or o.startswith("~"),
+                  f"argument {o!r} is not a KEY=VALUE override (to pick several rows, repeat --rows: --rows A --rows B)")
         spec = TableSpec.load(a.table)
         if a.dry_run:
             return dry_run_table(spec, a.overrides, Path(a.out or Path("logs") / "tables" / a.table), a.rows)

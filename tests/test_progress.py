@@ -91,8 +91,13 @@ def test_accumulation_counts_optimizer_steps(tmp_path, caplog):
     assert [re.search(r"step (\S+) ", s).group(1) for s in steps] == [f"{i}/5" for i in range(1, 6)]
 
 
-def test_silent_beside_a_progress_bar_unless_asked(tmp_path, caplog):
+def test_silent_beside_a_progress_bar_on_a_terminal_unless_asked(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="lowbit.progress")
+    # pytest captures stdout: a bar there is not seen, so the lines are written (as for nohup or a table's log)
+    _fit(TextProgress(every_seconds=0, every_n_steps=5), tmp_path, bar=True, epochs=1)
+    assert any("step 5/10" in line for line in _lines(caplog))
+    caplog.clear()
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     _fit(TextProgress(every_seconds=0, every_n_steps=1), tmp_path, bar=True, epochs=1)
     assert _lines(caplog) == []
     _fit(TextProgress(every_seconds=0, every_n_steps=5, with_progress_bar=True), tmp_path, bar=True, epochs=1)

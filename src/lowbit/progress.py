@@ -4,7 +4,8 @@ A Rich/TQDM bar redraws one line: in a log file it is noise, and with ``trainer.
 (every ``lowbit.tables`` row) a long run printed nothing between its model summary and its result. ``TextProgress``
 writes one line every ``every_seconds`` (and every ``every_n_steps`` optimizer steps, if set) —
 ``[label] epoch 2/3 step 150/480 (31%) loss 0.512 lr 8.1e-05 1.23 s/step ETA 6m45s`` — and one per validation
-with its ``val*`` metrics. Beside an enabled progress bar it stays silent unless ``with_progress_bar=true``.
+with its ``val*`` metrics. Beside a progress bar on a terminal it stays silent unless ``with_progress_bar=true``
+(a bar whose output goes to a file or a pipe shows nothing there, so the lines are written then).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class TextProgress(pl.Callback):
         every_seconds: at most one step line per this many seconds of wall time (0: no time trigger).
         every_n_steps: also a line every this many optimizer steps (0: no step trigger).
         label: the line's prefix (e.g. a stage name); default: the trainer's logger name or ``train``.
-        with_progress_bar: also write lines when the trainer shows a progress bar.
+        with_progress_bar: also write lines when the trainer shows a progress bar on a terminal.
     """
 
     def __init__(self, every_seconds: float = 60.0, every_n_steps: int = 0, label: str | None = None,
@@ -80,7 +81,9 @@ class TextProgress(pl.Callback):
         log.info(message)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active = trainer.is_global_zero and (self.with_progress_bar or trainer.progress_bar_callback is None)
+        # a bar writing to a pipe or file (nohup, a table row's log, CI) shows nothing until it ends: write lines
+        bar_visible = trainer.progress_bar_callback is not None and sys.stdout.isatty()
+        self._active = trainer.is_global_zero and (self.with_progress_bar or not bar_visible)
         if not self._active:
             return
         self._tag = self.label or (trainer.logger.name if trainer.logger is not None and trainer.logger.name else "train")

@@ -136,3 +136,13 @@ def test_a_run_without_a_bar_writes_lines_for_its_stages(make_cfg, caplog):
     # each stage's closing evaluation (trainer.validate after fit) is not numbered as a further epoch
     assert any(line.startswith("[tiny:finetune] validation (final, step 1): finetune/val/acc ") for line in lines)
     assert not any("after epoch 2" in line for line in lines), lines
+
+
+def test_a_run_bounded_by_steps_shows_an_unknown_epoch_budget(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lowbit.progress")
+    trainer = pl.Trainer(max_epochs=-1, max_steps=4, callbacks=[TextProgress(every_seconds=0, every_n_steps=2)],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(_Regression(), _loader(), _loader())
+    steps = [line for line in _lines(caplog) if re.search(r"\] epoch \d", line)]
+    assert [s.split(" loss")[0] for s in steps] == ["[train] epoch 1/? step 2/4 (50%)", "[train] epoch 1/? step 4/4 (100%)"]

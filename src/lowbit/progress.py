@@ -44,6 +44,12 @@ def _scalar(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _epochs(trainer: pl.Trainer) -> str:
+    """The epoch budget, or ``?`` when training is bounded by steps or time (``max_epochs`` None or -1)."""
+    n = trainer.max_epochs
+    return str(n) if n is not None and n >= 0 else "?"
+
+
 class TextProgress(pl.Callback):
     """One log line per ``every_seconds`` (and/or ``every_n_steps``) of training, and one per validation.
 
@@ -92,7 +98,7 @@ class TextProgress(pl.Callback):
         self._t0 = self._last_t = self._clock()
         self._step0 = self._last_step = trainer.global_step  # a resumed run's rate counts only its own steps
         self._emit(f"[{self._tag}] training: {self._of(trainer.global_step)} steps, "
-                   f"{trainer.max_epochs if trainer.max_epochs is not None else '?'} epoch(s)")
+                   f"{_epochs(trainer)} epoch(s)")
 
     def _of(self, step: int) -> str:
         if self._total:
@@ -113,7 +119,7 @@ class TextProgress(pl.Callback):
         self._last_t, self._last_step = now, step
         done = step - self._step0
         per_step = (now - self._t0) / done if done > 0 else float("nan")
-        parts = [f"[{self._tag}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {self._of(step)}"]
+        parts = [f"[{self._tag}] epoch {trainer.current_epoch + 1}/{_epochs(trainer)} step {self._of(step)}"]
         loss = _scalar(outputs.get("loss")) if isinstance(outputs, dict) else _scalar(outputs)
         if loss is not None:
             parts.append(f"loss {loss:.4g}")

@@ -250,6 +250,8 @@ ROWS = [
       "callbacks.progress_bar._target_='pytorch_lightning.callbacks.RichProgresBar' cannot be imported"),
     R("callback-mode-unknown", "setup", ["callbacks=default", "callbacks.model_checkpoint.mode=up"],
       "`mode` can be min, max but got up"),
+    R("text-progress-negative-interval", "setup", ["callbacks=default", "callbacks.text_progress.every_seconds=-1"],
+      "callbacks.text_progress.every_seconds must be a number >= 0, got -1"),
     R("logger-unknown-option", "setup", ["logger=csv", "+logger.csv.bogus=1"],
       "CSVLogger.__init__() got an unexpected keyword argument 'bogus'"),
     R("logger-wandb-mode", "setup", ["logger=wandb", "logger.wandb.mode=cloud", "finetune.epochs=1"], "logger.wandb.mode"),

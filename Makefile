@@ -43,11 +43,16 @@ test-deps:
 	    || echo "could not install chromium: the browser tests in tests/report will be skipped"; \
 	else echo "no /usr/bin/chromium and cannot apt-get it (not root or no apt): the browser tests in tests/report will be skipped"; fi
 
+# pytest-xdist workers, one thread each (tests/conftest.py); a test file stays on one worker (--dist loadfile), so
+# its module fixtures are built once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) test-deps
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m lowbit.bench qat_step

@@ -8,6 +8,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# `make test` runs two pytest-xdist workers on a 2-core machine: one thread each (and in the runs they start), so the
+# workers do not oversubscribe the cores with 2 x 2 threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 import torch
@@ -19,6 +23,9 @@ from lowbit.compose import compose_train as _compose
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 if not os.environ.get("LOWBIT_DATA_DIR") and SHARED_GLUE.is_dir():
     os.environ["LOWBIT_DATA_DIR"] = str(SHARED_GLUE)

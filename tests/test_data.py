@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,62 @@ def test_metrics_match_references():
                                           ("cola", ("mcc",)), ("qnli", ("acc",)), ("rte", ("acc",))])
 def test_metric_per_task(task, metrics):
     assert GLUE_TASKS.get(task).metrics == metrics
+
+
+# -- the tokenization cache is written atomically (sweep workers, DDP ranks and test workers share it) -----------
+
+def _cache_entries(tmp_path):
+    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+
+def test_a_save_killed_midway_leaves_no_cache_entry(tokenizer, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    real_save = Dataset.save_to_disk
+
+    def dies_midway(self, path, *a, **k):
+        real_save(self, path, *a, **k)
+        (Path(path) / "dataset_info.json").unlink()  # as if killed before the last file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Dataset, "save_to_disk", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        _dm(tokenizer, tmp_path).setup()
+    assert _cache_entries(tmp_path) == []  # neither a half-written entry nor the temporary copy
+    monkeypatch.setattr(Dataset, "save_to_disk", real_save)
+    dm = _dm(tokenizer, tmp_path)
+    dm.setup()
+    assert len(dm.splits["train"]) == 40 and len(_cache_entries(tmp_path)) == 2  # train and validation
+
+
+def test_another_process_saving_the_same_entry_first_wins(tokenizer, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    real_save = Dataset.save_to_disk
+
+    def other_process_first(self, path, *a, **k):
+        final = Path(path).with_name(Path(path).name.split(".tmp-")[0])
+        real_save(self.select(range(3)), str(final))  # the other process's copy lands first (3 rows: recognisable)
+        real_save(self, path, *a, **k)
+
+    monkeypatch.setattr(Dataset, "save_to_disk", other_process_first)
+    dm = _dm(tokenizer, tmp_path)
+    dm.setup()
+    assert len(dm.splits["train"]) == 40  # this process still uses what it tokenized
+    assert not any(".tmp-" in name for name in _cache_entries(tmp_path))
+    monkeypatch.setattr(Dataset, "save_to_disk", real_save)
+    again = _dm(tokenizer, tmp_path)
+    again.setup()
+    assert len(again.splits["train"]) == 3  # the first complete copy was kept, not overwritten
+
+
+def test_a_half_written_entry_from_an_older_save_is_replaced(tokenizer, tmp_path):
+    dm = _dm(tokenizer, tmp_path)
+    stale = dm._cache_path("train", dm._limit("train"))
+    stale.mkdir(parents=True)
+    (stale / "data-00000-of-00001.arrow").write_bytes(b"truncated")
+    dm.setup()
+    assert (stale / "dataset_info.json").exists() and not (stale / "data-00000-of-00001.arrow").read_bytes() == b"truncated"
+    reread = _dm(tokenizer, tmp_path)
+    reread.setup()
+    assert len(reread.splits["train"]) == 40

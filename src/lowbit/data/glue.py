@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -95,6 +96,27 @@ def read_jsonl(path: Path, required: tuple[str, ...], num_labels: int | None = N
         raise LowbitConfigError(f"data file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     check(rows, f"data file {path} has no rows")
     return rows
+
+
+def _save_atomically(ds: Dataset, cache: Path) -> None:
+    """``ds.save_to_disk(cache)`` that no reader sees half-written: saved beside it, then renamed into place.
+
+    Several processes can tokenize the same split at once (sweep workers, DDP ranks, test workers) and a run can be
+    killed mid-save; the first complete copy to be renamed wins, the others are discarded.
+    """
+    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        ds.save_to_disk(str(tmp))
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # a non-empty directory is never replaced
+            if (cache / "dataset_info.json").exists():
+                return  # another process renamed its complete copy first
+            shutil.rmtree(cache)  # half-written by a save that was not atomic (lowbit before this) and killed
+            os.rename(tmp, cache)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class GLUEDataModule(pl.LightningDataModule):
@@ -227,7 +249,7 @@ class GLUEDataModule(pl.LightningDataModule):
             return load_from_disk(str(cache))
         ds = self._tokenize(self._subset(self._raw(split), limit), fingerprint=key)
         if cache is not None:
-            ds.save_to_disk(str(cache))
+            _save_atomically(ds, cache)
         return ds
 
     # -- lightning -------------------------------------------------------------------------------

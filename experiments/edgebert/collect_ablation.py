@@ -1,4 +1,4 @@
-"""Collect the EdgeBERT ablation rows done so far into ``results/edgebert_ablation_partial.json``.
+"""Collect the EdgeBERT ablation rows (those done so far) into ``results/edgebert_ablation.json``.
 
     python experiments/edgebert/collect_ablation.py [--table-dir logs/tables/edgebert_ablation]
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = re.compile(r"^(val/acc|val_mm/acc|val/f1|model/size_mb|model/compression|pruning/sparsity|"
                   r"pruning/embedding_sparsity|attention_span/mean_span|early_exit/score_no_exit|"
                   r"early_exit/(saving|delta)@[15]|distillation/loss_terms|train/global_step)$")
-BUDGET = ("MiniLM-L6, 4,000 training examples per task; baseline: float fine-tune (SST-2 2 epochs at 2e-5, MNLI 3 at "
-          "1e-4); later rows start from the baseline's best checkpoint (also the KD teacher), main stage 2 epochs at "
+BUDGET = ("MiniLM-L6, 4,000 training examples per task; baseline: float fine-tune (SST-2 2 epochs at 2e-5, MNLI and QQP "
+          "3 at 1e-4); later rows start from the baseline's best checkpoint (also the KD teacher), main stage 2 epochs at "
           "5e-5 (+ off-ramp stage 2 epochs at 1e-4 where early exit is on); length-grouped batches; one seed; SST-2 "
           "dev 872, MNLI 5,000 matched / 1,000 mismatched, QQP 2,000")
 
@@ -29,7 +29,7 @@ BUDGET = ("MiniLM-L6, 4,000 training examples per task; baseline: float fine-tun
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table-dir", type=Path, default=ROOT / "logs" / "tables" / "edgebert_ablation")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "edgebert_ablation_partial.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "edgebert_ablation.json")
     a = p.parse_args()
     spec = yaml.safe_load((ROOT / "conf" / "table" / "edgebert_ablation.yaml").read_text())
     names = [r["name"] for r in spec["rows"]]

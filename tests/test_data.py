@@ -157,7 +157,7 @@ def test_a_half_written_entry_from_an_older_save_is_replaced(tokenizer, tmp_path
     stale.mkdir(parents=True)
     (stale / "data-00000-of-00001.arrow").write_bytes(b"truncated")
     dm.setup()
-    assert (stale / "dataset_info.json").exists() and not (stale / "data-00000-of-00001.arrow").read_bytes() == b"truncated"
+    assert (stale / "dataset_info.json").exists() and (stale / "data-00000-of-00001.arrow").read_bytes() != b"truncated"
     reread = _dm(tokenizer, tmp_path)
     reread.setup()
     assert len(reread.splits["train"]) == 40

@@ -188,3 +188,32 @@ def test_paper_values_of_percent_metrics_are_percentages():
                         and 0 < abs(value) <= 1:
                     fractions.append(f"{path.stem}: {row.name}: {key}={value}")
     assert not fractions, fractions
+
+
+def test_a_row_interrupted_mid_way_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """Not from scratch: an interrupted row's steps before its last.ckpt are not trained again."""
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    # 32 examples / batch 8 = 4 steps an epoch: last.ckpt at step 2 and at the epoch's end (step 4)
+    steps = [o for o in BASE if o not in ("callbacks=none", "trainer.fast_dev_run=true")] + [
+        "callbacks=default", "~callbacks.progress_bar", "trainer.max_steps=6", "+trainer.limit_val_batches=1",
+        "callbacks.last_checkpoint.every_n_train_steps=2"]
+    spec = TableSpec(name="resume", title="resume", metrics=["val/acc"], base_overrides=steps,
+                     rows=[TableRow("fp32", ["quantizer=none"])])
+    real_step, calls = CompressionModule.training_step, []
+
+    def interrupted_at_step_6(self, *args, **kwargs):
+        calls.append(self.trainer.global_step)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # as a ^C or a killed job: the row has no summary.json
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompressionModule, "training_step", interrupted_at_step_6)
+    with pytest.raises(SystemExit):  # Lightning ends a run stopped by ^C with exit status 1
+        run_table(spec, [], tmp_path / "t", wandb_mode="disabled")
+    assert not (tmp_path / "t" / "fp32" / "summary.json").exists()
+    calls.clear()
+    monkeypatch.setattr(CompressionModule, "training_step",
+                        lambda self, *a, **k: calls.append(self.trainer.global_step) or real_step(self, *a, **k))
+    results = run_table(spec, [], tmp_path / "t", wandb_mode="disabled")
+    assert calls == [4, 5]  # steps 5 and 6 only: resumed from the epoch-end last.ckpt of step 4
+    assert results[0]["row"] == "fp32" and (tmp_path / "t" / "fp32" / "summary.json").exists()

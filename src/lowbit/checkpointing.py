@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from lowbit.errors import LowbitRunError, check
 
 LAST = "last.ckpt"
 RESUME_KEY = "lowbit_resume"
+
+# Lightning warns that a mid-epoch resume replays data unreliably unless the dataloader is stateful; ResumeState
+# (below) restores the sampler's position exactly (tests/test_exact_resume.py), so the warning is false here
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

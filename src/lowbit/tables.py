@@ -3,8 +3,9 @@
 A table is ``conf/table/NAME.yaml``: rows, each a list of training overrides plus the
 paper's numbers for that row (with their source, ``src`` or ``recalled``). Rows run in
 order; an override may name an earlier row's output directory as ``{row:ROW_NAME}``
-(e.g. a teacher checkpoint). A row whose ``summary.json`` exists is not rerun, so an
-interrupted table resumes. The result is written as CSV and markdown next to the rows and
+(e.g. a teacher checkpoint). A row whose ``summary.json`` exists is not rerun, and a row
+interrupted mid-way resumes from its ``last.ckpt`` (``ckpt_path=auto``), so an interrupted
+table resumes where it stopped. The result is written as CSV and markdown next to the rows and
 logged to W&B as a ``wandb.Table`` (offline without an API key).
 
 ``--rows sst2_*`` runs only the rows matching the glob(s) (and the earlier rows they refer to); the table
@@ -300,6 +301,8 @@ def run_table(spec: TableSpec, extra_overrides: list[str], out_dir: Path, wandb_
             continue
         if not summary_file.exists():
             overrides = _row_overrides(spec, row, extra_overrides, done)
+            if not any(o.lstrip("+~").startswith("ckpt_path=") for o in overrides):
+                overrides.append("ckpt_path=auto")  # a row interrupted mid-way resumes from its last.ckpt
             print(f"[{spec.name}] row {row.name}: {' '.join(overrides)}")
             cfg = compose_train(overrides, row_dir)
             row_dir.mkdir(parents=True, exist_ok=True)
